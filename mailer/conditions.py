@@ -1,0 +1,293 @@
+"""The one condition language of step conditions, exit goals and entry rules.
+
+A condition is written in YAML as a mapping and compiled once into a small tree of frozen
+dataclasses, each of which can `evaluate` a lead and what the lead did in this scenario:
+
+    all: [COND, ...]     any: [COND, ...]     not: COND
+    attribute: NAME, OPERATOR: VALUE          attribute: {NAME: VALUE, ...}  (all equal)
+    sent: STEP_ID        opened: STEP_ID|any  clicked: STEP_ID|any
+
+Comparisons are forgiving the way lead data needs: text compares without regard to case or
+surrounding spaces, and text that reads as a number compares as that number, because CSV
+imports turn every value into text ("42" must equal 42).
+"""
+
+from __future__ import annotations
+
+import operator
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import date
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from mailer.errors import ScenarioError
+from mailer.leads import LEAD_FIELDS, Lead
+from mailer.yamlfile import describe, did_you_mean, item_line, key_line, line_of, subfield
+
+Scalar = str | int | float | bool
+CONDITION_FIELDS = (*LEAD_FIELDS, "stage")  # read from the Lead; any other name is a free attribute
+_HINT = "write a mapping such as {attribute: industry, equals: SaaS}, {opened: STEP_ID} or {all: [...]}"
+
+
+@dataclass(frozen=True)
+class Engagement:
+    """The ids of the steps of one scenario that were sent to, opened and clicked by a lead."""
+
+    sent: frozenset[str] = frozenset()
+    opened: frozenset[str] = frozenset()
+    clicked: frozenset[str] = frozenset()
+
+
+class Condition(ABC):
+    """A compiled condition."""
+
+    @abstractmethod
+    def evaluate(self, lead: Lead, engagement: Engagement) -> bool:
+        """Whether the condition holds for `lead` with `engagement`."""
+
+    @abstractmethod
+    def engagement_tests(self) -> Iterator[EngagementTest]:
+        """Every sent/opened/clicked test in the tree, to check the step ids they name."""
+
+    def step_refs(self) -> frozenset[str]:
+        """The step ids this condition refers to (`any` refers to none in particular)."""
+        return frozenset(test.step_id for test in self.engagement_tests() if test.step_id is not None)
+
+
+@dataclass(frozen=True)
+class AllOf(Condition):
+    """True when every condition holds; true when there are none."""
+
+    conditions: tuple[Condition, ...]
+
+    def evaluate(self, lead: Lead, engagement: Engagement) -> bool:
+        return all(condition.evaluate(lead, engagement) for condition in self.conditions)
+
+    def engagement_tests(self) -> Iterator[EngagementTest]:
+        for condition in self.conditions:
+            yield from condition.engagement_tests()
+
+
+@dataclass(frozen=True)
+class AnyOf(Condition):
+    """True when at least one condition holds; false when there are none."""
+
+    conditions: tuple[Condition, ...]
+
+    def evaluate(self, lead: Lead, engagement: Engagement) -> bool:
+        return any(condition.evaluate(lead, engagement) for condition in self.conditions)
+
+    def engagement_tests(self) -> Iterator[EngagementTest]:
+        for condition in self.conditions:
+            yield from condition.engagement_tests()
+
+
+@dataclass(frozen=True)
+class Not(Condition):
+    """True when the condition does not hold."""
+
+    condition: Condition
+
+    def evaluate(self, lead: Lead, engagement: Engagement) -> bool:
+        return not self.condition.evaluate(lead, engagement)
+
+    def engagement_tests(self) -> Iterator[EngagementTest]:
+        return self.condition.engagement_tests()
+
+
+@dataclass(frozen=True)
+class AttributeTest(Condition):
+    """A test of one lead field or free attribute; a missing or blank value is absent."""
+
+    attribute: str
+    operator: str
+    expected: Scalar | tuple[Scalar, ...]
+
+    def evaluate(self, lead: Lead, engagement: Engagement) -> bool:
+        if self.attribute in CONDITION_FIELDS:
+            actual = getattr(lead, self.attribute)
+        else:
+            actual = lead.attributes.get(self.attribute)
+        if actual is None or (isinstance(actual, str) and not actual.strip()):
+            actual = None
+        return OPERATORS[self.operator](actual, self.expected)
+
+    def engagement_tests(self) -> Iterator[EngagementTest]:
+        return iter(())
+
+
+@dataclass(frozen=True)
+class EngagementTest(Condition):
+    """Whether a step (or, with `step_id` None, any step) was sent, opened or clicked.
+
+    A click counts as an open: mail clients that block the tracking pixel still follow links.
+    """
+
+    event: str  # "sent", "opened" or "clicked"
+    step_id: str | None
+    line: int | None = field(default=None, compare=False)
+
+    def evaluate(self, lead: Lead, engagement: Engagement) -> bool:
+        steps = getattr(engagement, self.event)
+        if self.event == "opened":
+            steps = steps | engagement.clicked
+        return bool(steps) if self.step_id is None else self.step_id in steps
+
+    def engagement_tests(self) -> Iterator[EngagementTest]:
+        yield self
+
+
+def _number(value: object) -> Decimal | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        return None
+    try:
+        number = Decimal(str(value).strip())
+    except (InvalidOperation, ValueError):
+        return None
+    return number if number.is_finite() else None
+
+
+def _text(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return " ".join(str(value).split()).casefold()
+
+
+def _same(actual: object, expected: object) -> bool:
+    if actual is None:
+        return False
+    numbers = _number(actual), _number(expected)
+    if numbers[0] is not None and numbers[1] is not None:
+        return numbers[0] == numbers[1]
+    return _text(actual) == _text(expected)
+
+
+def _contains(actual: object, expected: object) -> bool:
+    if isinstance(actual, (list, tuple)):  # a JSON list attribute such as tags
+        return any(_same(item, expected) for item in actual)
+    return actual is not None and _text(expected) in _text(actual)
+
+
+def _ordered(compare: Callable[[Decimal, Decimal], bool]) -> Callable[[object, Any], bool]:
+    def test(actual: object, expected: Any) -> bool:
+        left, right = _number(actual), _number(expected)
+        return left is not None and right is not None and compare(left, right)
+
+    return test
+
+
+# Each operator is a predicate over (the lead's value or None when absent, the expected value).
+OPERATORS: Mapping[str, Callable[[object, Any], bool]] = {
+    "equals": _same,
+    "not_equals": lambda actual, expected: not _same(actual, expected),
+    "in": lambda actual, expected: any(_same(actual, choice) for choice in expected),
+    "not_in": lambda actual, expected: not any(_same(actual, choice) for choice in expected),
+    "contains": _contains,
+    "gt": _ordered(operator.gt),
+    "gte": _ordered(operator.ge),
+    "lt": _ordered(operator.lt),
+    "lte": _ordered(operator.le),
+    "exists": lambda actual, expected: (actual is not None) == expected,
+}
+_KINDS = ("all", "any", "not", "attribute", "sent", "opened", "clicked")
+
+
+def parse_condition(node: object, *, file: str | None, field: str) -> Condition:
+    """Compile the YAML condition `node`, raising ScenarioError at the offending line."""
+    return _parse(node, file=file, field=field, line=line_of(node))
+
+
+def _parse(node: object, *, file: str | None, field: str, line: int | None) -> Condition:
+    def error(problem: str, key: str | None = None, hint: str = _HINT) -> ScenarioError:
+        assert isinstance(node, Mapping)
+        where = line if key is None else key_line(node, key)
+        return ScenarioError(problem, file=file, line=where, field=subfield(field, key) if key else field, hint=hint)
+
+    if not isinstance(node, Mapping) or not node:
+        raise ScenarioError(f"must be a condition, not {describe(node)}", file=file, line=line, field=field, hint=_HINT)
+    if "attribute" in node:
+        return _parse_attribute(node, error)
+    key = next(iter(node))
+    if key not in _KINDS:
+        hint = f"{key} needs `attribute: NAME` beside it" if key in OPERATORS else did_you_mean(key, _KINDS)
+        raise error(f"unknown condition {key!r}", key, hint)
+    if len(node) > 1:
+        other = list(node)[1]
+        raise error(f"{key!r} and {other!r} cannot share a condition", other, "combine them with all: [...] or any: [...]")
+    value = node[key]
+    inner = subfield(field, key)
+    if key == "not":
+        return Not(_parse(value, file=file, field=inner, line=line_of(value) or key_line(node, key)))
+    if key in ("all", "any"):
+        if not isinstance(value, list):
+            raise error(f"{key} needs a list of conditions, not {describe(value)}", key)
+        parts = tuple(
+            _parse(item, file=file, field=subfield(inner, index), line=item_line(value, index))
+            for index, item in enumerate(value)
+        )
+        return AllOf(parts) if key == "all" else AnyOf(parts)
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)  # `opened: 1` means the step whose id is "1"
+    if not isinstance(value, str) or not value.strip():
+        raise error(f"{key} needs a step id or `any`, not {describe(value)}", key, f"e.g. {key}: welcome")
+    step_id = None if value.strip() == "any" else value.strip()
+    return EngagementTest(key, step_id, line=key_line(node, key))
+
+
+def _parse_attribute(node: Mapping[str, Any], error: Callable[..., ScenarioError]) -> Condition:
+    name = node["attribute"]
+    if isinstance(name, Mapping):  # shorthand: {attribute: {industry: SaaS, country: [JP, US]}}
+        if len(node) > 1 or not name:
+            raise error("the shorthand `attribute: {NAME: VALUE}` takes no operator", "attribute",
+                        "write attribute: NAME with an operator, or only attribute: {NAME: VALUE, ...}")
+        tests = tuple(
+            AttributeTest(attribute, *_shorthand(value, error))
+            for attribute, value in name.items()
+        )
+        return tests[0] if len(tests) == 1 else AllOf(tests)
+    if not isinstance(name, str) or not name.strip():
+        raise error(f"attribute needs a name, not {describe(name)}", "attribute", "e.g. attribute: industry")
+    operators = [key for key in node if key != "attribute"]
+    if not operators:
+        raise error("attribute test has no operator", None, "add one of: " + ", ".join(OPERATORS))
+    for key in operators:
+        if key not in OPERATORS:
+            raise error(f"unknown operator {key!r}", key, did_you_mean(key, OPERATORS))
+    if len(operators) > 1:
+        raise error(f"one attribute test holds two operators ({operators[0]}, {operators[1]})",
+                    operators[1], "combine two tests with all: [...]")
+    op = operators[0]
+    return AttributeTest(name.strip(), op, _expected(op, node[op], lambda problem, hint: error(problem, op, hint)))
+
+
+def _shorthand(value: object, error: Callable[..., ScenarioError]) -> tuple[str, Scalar | tuple[Scalar, ...]]:
+    op = "in" if isinstance(value, list) else "equals"
+    return op, _expected(op, value, lambda problem, hint: error(problem, "attribute", hint))
+
+
+def _expected(op: str, value: object, error: Callable[[str, str], ScenarioError]) -> Scalar | tuple[Scalar, ...]:
+    if op == "exists":
+        if not isinstance(value, bool):
+            raise error(f"exists needs true or false, not {describe(value)}", "e.g. exists: true")
+        return value
+    if op in ("in", "not_in"):
+        if not isinstance(value, list):
+            raise error(f"{op} needs a list, not {describe(value)}", f"e.g. {op}: [JP, US]")
+        return tuple(_scalar(op, item, error) for item in value)
+    scalar = _scalar(op, value, error)
+    if op in ("gt", "gte", "lt", "lte") and _number(scalar) is None:
+        raise error(f"{op} needs a number, not {scalar!r}", f"e.g. {op}: 100")
+    if op == "contains" and isinstance(scalar, bool):
+        raise error("contains needs text, not true/false", "e.g. contains: manager")
+    return scalar
+
+
+def _scalar(op: str, value: object, error: Callable[[str, str], ScenarioError]) -> Scalar:
+    if isinstance(value, date):  # YAML reads 2024-04-01 as a date; leads hold dates as text
+        return value.isoformat()
+    if isinstance(value, (str, int, float, bool)):
+        return value
+    hint = "to test for a missing value use exists: false" if value is None else "write a single value"
+    raise error(f"{op} needs a value, not {describe(value)}", hint)

@@ -1,0 +1,345 @@
+"""mailer.toml: the operator's configuration, every setting with a sensible default.
+
+The file is read with the stdlib `tomllib`. Each section is a frozen dataclass whose fields
+are the keys the section accepts; an unknown key or a value of the wrong type is a
+ConfigError that names the key, its line and what to write instead.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import re
+import tomllib
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from email.utils import parseaddr
+from pathlib import Path
+from typing import Any, get_type_hints
+
+from mailer.durations import parse_duration
+from mailer.errors import ConfigError
+
+CONFIG_NAME = "mailer.toml"
+
+
+@dataclass(frozen=True)
+class RelayConfig:
+    """Where messages go: one SMTP relay (direct-to-MX delivery comes later)."""
+
+    host: str = "127.0.0.1"
+    port: int = 25
+    tls: str = "none"  # none | starttls | implicit
+    verify_certificate: bool = True
+    username: str = ""
+    password_env: str = "MAILER_RELAY_PASSWORD"  # the password is read from this variable
+    helo: str = ""  # the name to greet with; empty means this host's FQDN
+
+
+@dataclass(frozen=True)
+class IdentityConfig:
+    """A sending identity that scenarios name in `sender:`."""
+
+    from_: str = "Acme Marketing <news@acme.example>"
+    reply_to: str = ""
+    return_path: str = ""  # the envelope sender; empty means the From address
+    domain: str = ""  # the Message-ID domain; empty means the From address's domain
+
+    @property
+    def from_address(self) -> str:
+        return parseaddr(self.from_)[1]
+
+    @property
+    def from_name(self) -> str:
+        return parseaddr(self.from_)[0]
+
+    @property
+    def reply_to_address(self) -> str:
+        return parseaddr(self.reply_to)[1]
+
+    @property
+    def reply_to_name(self) -> str:
+        return parseaddr(self.reply_to)[0]
+
+    @property
+    def envelope_sender(self) -> str:
+        return self.return_path or self.from_address
+
+    @property
+    def message_id_domain(self) -> str:
+        return self.domain or self.from_address.rpartition("@")[2]
+
+
+@dataclass(frozen=True)
+class DeliveryConfig:
+    concurrency: int = 4  # SMTP connections open at once
+    messages_per_connection: int = 100
+    batch_size: int = 200  # messages claimed from the store per round
+
+
+@dataclass(frozen=True)
+class TimeoutsConfig:
+    """Per-phase SMTP timeouts in seconds; defaults are RFC 5321 4.5.3.2's minimums."""
+
+    connect: float = 300.0  # 4.5.3.2.1 initial 220 message: 5 minutes
+    mail: float = 300.0  # 4.5.3.2.2 MAIL command: 5 minutes
+    rcpt: float = 300.0  # 4.5.3.2.3 RCPT command: 5 minutes
+    data: float = 600.0  # 4.5.3.2.6 DATA termination: 10 minutes (covers 4.5.3.2.4-5 too)
+
+
+@dataclass(frozen=True)
+class RetryConfig:
+    first: timedelta = timedelta(minutes=20)
+    max_interval: timedelta = timedelta(hours=4)
+    # RFC 5321 4.5.4.1: "give up ... should be at least 4-5 days"
+    max_age: timedelta = timedelta(days=4)
+    jitter: float = 0.2  # each delay is spread by ±20% so retries do not arrive in waves
+
+
+@dataclass(frozen=True)
+class ClockConfig:
+    speed: float = 1.0  # virtual seconds per real second; the demo runs a week in seconds
+    start: str = ""  # ISO 8601 instant the virtual clock starts at; empty means now
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    poll_interval: timedelta = timedelta(minutes=1)  # in clock time
+    entry_interval: timedelta = timedelta(minutes=5)  # how often entry rules are re-evaluated
+
+
+@dataclass(frozen=True)
+class Config:
+    path: Path | None = None  # the file this came from; None for the embedded defaults
+    store: Path = Path("mailer.db")
+    scenarios: Path = Path("scenarios")
+    templates: Path = Path("templates")
+    secret_key_file: Path = Path("mailer.key")
+    relay: RelayConfig = RelayConfig()
+    identities: dict[str, IdentityConfig] = field(
+        default_factory=lambda: {"default": IdentityConfig()}
+    )
+    delivery: DeliveryConfig = DeliveryConfig()
+    timeouts: TimeoutsConfig = TimeoutsConfig()
+    retry: RetryConfig = RetryConfig()
+    clock: ClockConfig = ClockConfig()
+    scheduler: SchedulerConfig = SchedulerConfig()
+
+    def secret_key(self) -> bytes:
+        try:
+            key = self.secret_key_file.read_bytes().strip()
+        except OSError as error:
+            raise ConfigError(
+                f"cannot read the secret key ({error.strerror})",
+                file=str(self.secret_key_file),
+                hint="run `mailer init` to create one",
+            ) from None
+        if len(key) < 32:
+            raise ConfigError(
+                "the secret key is shorter than 32 characters",
+                file=str(self.secret_key_file),
+                hint="run `mailer init --force` to make a new one",
+            )
+        return key
+
+
+_SECTIONS: dict[str, type] = {
+    "relay": RelayConfig,
+    "delivery": DeliveryConfig,
+    "timeouts": TimeoutsConfig,
+    "retry": RetryConfig,
+    "clock": ClockConfig,
+    "scheduler": SchedulerConfig,
+}
+_PATH_KEYS = ("store", "scenarios", "templates", "secret_key_file")
+_TYPE_WORDS = {str: "a string", int: "a whole number", float: "a number", bool: "true or false"}
+
+
+def load_config(path: Path) -> Config:
+    """Read and validate mailer.toml; paths in it are relative to its directory."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as error:
+        raise ConfigError(
+            f"cannot read ({error.strerror})", file=str(path), hint="run `mailer init` to write one"
+        ) from None
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        line = _decode_error_line(str(error))
+        raise ConfigError(
+            f"not valid TOML: {str(error).split(' (at')[0]}",
+            file=str(path),
+            line=line,
+            hint="see the comments `mailer init` writes for the syntax",
+        ) from None
+    return parse_config(raw, text=text, path=path)
+
+
+def parse_config(raw: dict[str, Any], *, text: str = "", path: Path | None = None) -> Config:
+    """Build a Config from parsed TOML, naming the key of any mistake."""
+    base = path.parent if path is not None else Path.cwd()
+    where = _Locator(text, str(path) if path else CONFIG_NAME)
+    values: dict[str, Any] = {"path": path}
+    for key, value in raw.items():
+        if key in _PATH_KEYS:
+            values[key] = base / _expect(value, str, key, where)
+        elif key in _SECTIONS:
+            values[key] = _section(_SECTIONS[key], value, key, where)
+        elif key == "identities":
+            values[key] = _identities(value, where)
+        else:
+            raise where.unknown(key, [*_PATH_KEYS, *_SECTIONS, "identities"])
+    for key in _PATH_KEYS:
+        values.setdefault(key, base / getattr(Config, key))
+    config = Config(**values)
+    if config.relay.tls not in ("none", "starttls", "implicit"):
+        raise where.error("relay.tls", f"unknown TLS mode {config.relay.tls!r}", 'use "none", "starttls" or "implicit"')
+    if config.clock.start:
+        try:
+            start = datetime.fromisoformat(config.clock.start)
+        except ValueError:
+            start = None
+        if start is None or start.tzinfo is None:
+            raise where.error("clock.start", f"not an ISO 8601 instant: {config.clock.start!r}", 'write e.g. "2026-01-05T08:00:00+09:00"')
+    if config.clock.speed <= 0:
+        raise where.error("clock.speed", "must be greater than 0", "1 is real time; 3600 runs an hour a second")
+    if not 0 <= config.retry.jitter < 1:  # a spread of ±100% or more would allow waits of 0 or less
+        raise where.error("retry.jitter", "must be at least 0 and less than 1", "0.2 spreads each delay by ±20%")
+    if config.retry.first <= timedelta(0):
+        raise where.error("retry.first", "must be longer than 0", 'write e.g. "20m"')
+    for name in ("concurrency", "messages_per_connection", "batch_size"):
+        if getattr(config.delivery, name) < 1:
+            raise where.error(f"delivery.{name}", "must be at least 1", "")
+    return config
+
+
+def _identities(value: Any, where: _Locator) -> dict[str, IdentityConfig]:
+    table = _expect(value, dict, "identities", where)
+    identities = {}
+    for name, section in table.items():
+        identity = _section(IdentityConfig, section, f"identities.{name}", where)
+        if "@" not in identity.from_address:
+            raise where.error(f"identities.{name}.from", f"no address in {identity.from_!r}", 'write e.g. "Acme Marketing <news@acme.example>"')
+        identities[name] = identity
+    if not identities:
+        raise where.error("identities", "no sending identity", "add an [identities.default] table with a `from` key")
+    return identities
+
+
+def _section(cls: type, value: Any, name: str, where: _Locator) -> Any:
+    table = _expect(value, dict, name, where)
+    hints = get_type_hints(cls)
+    fields = {f.name.rstrip("_"): f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, item in table.items():
+        if key not in fields:
+            raise where.unknown(f"{name}.{key}", [f"{name}.{k}" for k in fields])
+        kind = hints[fields[key]]
+        dotted = f"{name}.{key}"
+        if kind is timedelta:
+            text = _expect(item, str, dotted, where)
+            try:
+                kwargs[fields[key]] = parse_duration(text)
+            except ValueError:
+                raise where.error(dotted, f"not a duration: {text!r}", 'write e.g. "20m", "4h" or "4d"') from None
+        elif kind is float and isinstance(item, int) and not isinstance(item, bool):
+            kwargs[fields[key]] = float(item)
+        else:
+            kwargs[fields[key]] = _expect(item, kind, dotted, where)
+    return cls(**kwargs)
+
+
+def _expect(value: Any, kind: type, key: str, where: _Locator) -> Any:
+    if isinstance(value, kind) and not (kind is not bool and isinstance(value, bool)):
+        return value
+    word = _TYPE_WORDS.get(kind, "a table" if kind is dict else kind.__name__)
+    raise where.error(key, f"expected {word}, got {type(value).__name__} {value!r}", f"write {key.rpartition('.')[2]} as {word}")
+
+
+def _decode_error_line(message: str) -> int | None:
+    match = re.search(r"line (\d+)", message)
+    return int(match.group(1)) if match else None
+
+
+class _Locator:
+    """Finds the line of a dotted key in the TOML text, for error messages."""
+
+    def __init__(self, text: str, file: str) -> None:
+        self.lines = text.splitlines()
+        self.file = file
+
+    def line_of(self, dotted: str) -> int | None:
+        *tables, key = dotted.split(".")
+        table = ".".join(tables)
+        current = ""
+        for number, line in enumerate(self.lines, start=1):
+            stripped = line.strip()
+            header = re.fullmatch(r"\[\s*([^\]]+?)\s*\]", stripped)
+            if header:
+                current = header.group(1)
+                if current == dotted:
+                    return number
+                continue
+            if current == table and re.match(rf"{re.escape(key)}\s*=", stripped):
+                return number
+        return None
+
+    def error(self, dotted: str, problem: str, hint: str) -> ConfigError:
+        return ConfigError(problem, file=self.file, line=self.line_of(dotted), field=dotted, hint=hint or None)
+
+    def unknown(self, dotted: str, valid: list[str]) -> ConfigError:
+        close = difflib.get_close_matches(dotted, valid, n=1)
+        hint = f"did you mean {close[0]}?" if close else "valid keys: " + ", ".join(valid)
+        return self.error(dotted, "unknown key", hint)
+
+
+STARTER_CONFIG = """\
+# mailer.toml: the configuration of one mailer workspace. Every key is optional; the value
+# shown is the default. Paths are relative to this file. Durations: 20m, 4h, 4d, 1w.
+
+store = "mailer.db"              # SQLite database (WAL mode)
+scenarios = "scenarios"          # scenario files, *.yaml
+templates = "templates"          # Jinja2 templates (sandboxed)
+secret_key_file = "mailer.key"   # signs tracking tokens; keep it private (mode 0600)
+
+[relay]                          # the SMTP server every message is handed to
+host = "127.0.0.1"
+port = 25
+tls = "none"                     # "none", "starttls" or "implicit" (port 465)
+verify_certificate = true
+username = ""                    # AUTH user; empty for no AUTH
+password_env = "MAILER_RELAY_PASSWORD"   # the AUTH password is read from this variable
+helo = ""                        # the EHLO name; empty means this host's name
+
+[identities.default]             # scenarios choose an identity with `sender: default`
+from = "Acme Marketing <news@acme.example>"
+reply_to = ""
+return_path = ""                 # envelope sender (bounces go here); empty = the From address
+domain = ""                      # Message-ID domain; empty = the From address's domain
+
+[delivery]
+concurrency = 4                  # SMTP connections open at once
+messages_per_connection = 100
+batch_size = 200
+
+[timeouts]                       # seconds; defaults are RFC 5321 4.5.3.2's minimums
+connect = 300
+mail = 300
+rcpt = 300
+data = 600
+
+[retry]                          # 4xx replies: jittered exponential backoff
+first = "20m"
+max_interval = "4h"
+max_age = "4d"                   # then the message expires (RFC 5321 4.5.4.1)
+jitter = 0.2
+
+[clock]
+speed = 1.0                      # 1 is real time; the demo runs a week in seconds
+start = ""                       # ISO 8601 start of the virtual clock; empty = now
+
+[scheduler]
+poll_interval = "1m"
+entry_interval = "5m"
+"""

@@ -1,0 +1,78 @@
+"""The errors mailer raises.
+
+    MailerError
+    ├── UserError                 a mistake in the user's input: one line, exit code 2
+    │   ├── ConfigError           mailer.toml
+    │   ├── ScenarioError         scenarios/*.yaml
+    │   ├── TemplateError         templates/* (syntax, undefined variables, inlining)
+    │   └── LeadImportError       a CSV file that cannot be imported at all
+    ├── HeaderInjectionError      a personalized header value carries CR, LF or NUL
+    └── StateError                a message state change that the lifecycle table forbids
+
+A `UserError` carries where the problem is (file, line, field), what it is and what to do,
+and renders as ``file:line: field: problem — hint``, the one line the CLI prints.
+"""
+
+from __future__ import annotations
+
+
+class MailerError(Exception):
+    """Base of every error mailer raises on purpose."""
+
+
+class UserError(MailerError):
+    """A mistake in the user's input, reported as one line and exit code 2."""
+
+    def __init__(
+        self,
+        problem: str,
+        *,
+        file: str | None = None,
+        line: int | None = None,
+        field: str | None = None,
+        hint: str | None = None,
+    ) -> None:
+        self.problem = problem
+        self.file = file
+        self.line = line
+        self.field = field
+        self.hint = hint
+        super().__init__(self.render())
+
+    def render(self) -> str:
+        where = ""
+        if self.file is not None:
+            where = self.file if self.line is None else f"{self.file}:{self.line}"
+            where += ": "
+        field = f"{self.field}: " if self.field else ""
+        hint = f" — {self.hint}" if self.hint else ""
+        return f"{where}{field}{self.problem}{hint}"
+
+
+class ConfigError(UserError):
+    """mailer.toml is unreadable, has an unknown key or a value of the wrong type."""
+
+
+class ScenarioError(UserError):
+    """A scenario file is malformed or refers to something that does not exist."""
+
+
+class TemplateError(UserError):
+    """A template does not compile, uses an undefined variable or cannot be inlined."""
+
+
+class LeadImportError(UserError):
+    """A CSV file cannot be imported at all (unreadable, no email column)."""
+
+
+class HeaderInjectionError(MailerError):
+    """A personalized header value carries CR, LF or NUL and would inject a header."""
+
+    def __init__(self, header: str, value: str) -> None:
+        self.header = header
+        self.value = value
+        super().__init__(f"{header}: value {value!r} contains CR, LF or NUL")
+
+
+class StateError(MailerError):
+    """A message state change that the lifecycle table does not allow."""

@@ -1,0 +1,361 @@
+"""Scenarios: the nurture sequences marketers write as `scenarios/*.yaml` (see docs/scenarios.md).
+
+`load_scenario` checks everything it can without sending anything — keys, types, durations,
+time zones, step references, sender identities, template files and subject syntax — and
+reports the first problem as one `file:line: field: problem — hint` line.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path, PurePosixPath
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
+
+from jinja2 import TemplateSyntaxError
+from jinja2.sandbox import SandboxedEnvironment
+
+from mailer import durations
+from mailer.conditions import Condition, parse_condition
+from mailer.errors import ScenarioError
+from mailer.sendwindow import SendWindow, parse_send_window
+from mailer.yamlfile import (
+    YamlMap, check_keys, closest, describe, did_you_mean, item_line, key_line, line_of, load_yaml, subfield,
+)
+
+_TOP_KEYS = (
+    "name", "description", "sender", "entry", "timezone", "send_window", "exit_when", "reentry", "steps",
+)
+_STEP_KEYS = ("id", "wait", "subject", "template", "text_template", "send_window", "condition")
+# Step ids end up in the store, in Message-IDs and in reports: keep them to plain words.
+_STEP_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}", re.ASCII)
+# Other features keep their own YAML files beside the scenarios.
+NOT_SCENARIOS = frozenset({"scoring.yaml", "scoring.yml"})
+_JINJA = SandboxedEnvironment()
+
+
+@dataclass(frozen=True)
+class Entry:
+    """Who enters: members of a list, leads matching a condition, or list members matching it."""
+
+    list_name: str | None
+    where: Condition | None
+
+
+@dataclass(frozen=True)
+class Reentry:
+    """Whether a lead who finished or left the scenario may enter again, and how long after."""
+
+    allowed: bool = False
+    after: timedelta = timedelta(0)
+
+
+@dataclass(frozen=True)
+class Step:
+    """One email of a scenario, sent `wait` after the previous step (or after entry)."""
+
+    id: str
+    wait: timedelta
+    subject: str  # a Jinja template
+    template: str  # a file under templates/
+    text_template: str | None
+    send_window: SendWindow | None  # None: the scenario's
+    condition: Condition | None
+    line: int
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """A named sequence of steps with its entry rule, exit goal and re-entry rule."""
+
+    name: str
+    file: str
+    sender: str  # a sending identity from mailer.toml
+    entry: Entry
+    steps: tuple[Step, ...]
+    exit_when: Condition | None
+    reentry: Reentry
+    timezone: str  # for leads without one
+    send_window: SendWindow | None  # None: any time
+    description: str = ""
+
+    def step_index(self, step_id: str) -> int:
+        """The position of the step with id `step_id`; KeyError when there is none."""
+        for index, step in enumerate(self.steps):
+            if step.id == step_id:
+                return index
+        raise KeyError(f"scenario {self.name!r} has no step {step_id!r}")
+
+
+@dataclass(frozen=True)
+class _Section:
+    """One mapping of a scenario file and its dotted path, to read values and report errors."""
+
+    mapping: Mapping[str, Any]
+    file: str
+    field: str
+
+    def error(self, key: str | None, problem: str, hint: str | None = None, *, line: int | None = None) -> ScenarioError:
+        """An error about `key` (or the whole mapping), at its line unless `line` is given."""
+        where = line or (line_of(self.mapping) if key is None else key_line(self.mapping, key))
+        field = self.field if key is None else subfield(self.field, key)
+        return ScenarioError(problem, file=self.file, line=where, field=field or None, hint=hint)
+
+    def required(self, key: str, hint: str) -> Any:
+        if key not in self.mapping:
+            raise self.error(key, f"missing required key {key!r}", hint)
+        if self.mapping[key] is None:
+            raise self.error(key, "has no value", hint)
+        return self.mapping[key]
+
+    def text(self, key: str, *, required: bool, hint: str) -> str | None:
+        value = self.required(key, hint) if required else self.mapping.get(key)
+        if value is None:
+            return None
+        if not isinstance(value, str) or not value.strip():
+            raise self.error(key, f"must be text, not {describe(value)}", hint)
+        if "\n" in value.strip():
+            raise self.error(key, "must be one line", hint)
+        return value.strip()
+
+    def send_window(self, key: str) -> SendWindow | None:
+        value = self.mapping.get(key)
+        if value is None:
+            return None
+        if not isinstance(value, Mapping):
+            hint = 'e.g. send_window: {days: weekdays, hours: "09:00-18:00"}'
+            raise self.error(key, f"must be a mapping with days and hours, not {describe(value)}", hint)
+        return parse_send_window(value, file=self.file, field=subfield(self.field, key))
+
+    def condition(self, key: str) -> Condition | None:
+        if key not in self.mapping:
+            return None
+        value = self.mapping[key]
+        if not isinstance(value, Mapping):
+            raise self.error(key, f"must be a condition, not {describe(value)}", "e.g. {attribute: industry, equals: SaaS}")
+        return parse_condition(value, file=self.file, field=subfield(self.field, key))
+
+
+def load_scenario(
+    path: Path, *, identities: Collection[str] | None = None, templates_dir: Path | None = None
+) -> Scenario:
+    """Read and check one scenario file; errors are ScenarioError naming `path` as given.
+
+    The sender is checked against `identities` (from mailer.toml) and template files against
+    `templates_dir` when they are given.
+    """
+    return _load(path, identities, templates_dir)[0]
+
+
+def load_scenarios(
+    directory: Path, *, identities: Collection[str] | None = None, templates_dir: Path | None = None
+) -> tuple[list[Scenario], list[ScenarioError]]:
+    """Load each ``*.yaml`` and ``*.yml`` in `directory` in name order, except `NOT_SCENARIOS`.
+
+    A bad file becomes an error and does not stop the others; so does a second scenario
+    with a name already taken.
+    """
+    if not directory.is_dir():
+        hint = "create it or fix `scenarios` in mailer.toml"
+        return [], [ScenarioError("no such directory", file=str(directory), hint=hint)]
+    paths = sorted(
+        path for path in directory.iterdir()
+        if path.suffix in (".yaml", ".yml") and path.name not in NOT_SCENARIOS and path.is_file()
+    )
+    scenarios: list[Scenario] = []
+    errors: list[ScenarioError] = []
+    files_by_name: dict[str, str] = {}
+    for path in paths:
+        try:
+            scenario, document = _load(path, identities, templates_dir)
+        except ScenarioError as error:
+            errors.append(error)
+            continue
+        if scenario.name in files_by_name:  # the name keys each lead's progress in the store
+            errors.append(ScenarioError(
+                f"scenario name {scenario.name!r} is already used", file=scenario.file,
+                line=key_line(document, "name"), field="name",
+                hint=f"{files_by_name[scenario.name]} has it; give each scenario its own name",
+            ))
+            continue
+        files_by_name[scenario.name] = scenario.file
+        scenarios.append(scenario)
+    return scenarios, errors
+
+
+def _load(
+    path: Path, identities: Collection[str] | None, templates_dir: Path | None
+) -> tuple[Scenario, YamlMap]:
+    file = str(path)
+    document = load_yaml(path, file=file)
+    top = _Section(document, file, "")
+    check_keys(document, _TOP_KEYS, file=file, field="")
+    name = top.text("name", required=True, hint="add `name: ...`, the name reports show") or ""
+    sender = top.text("sender", required=True, hint="add `sender: NAME` naming an identity from mailer.toml") or ""
+    if identities is not None and sender not in identities:
+        known = did_you_mean(sender, identities) if identities else "mailer.toml defines no identities"
+        raise top.error("sender", f"no sending identity named {sender!r}", known)
+    entry = _entry(top)
+    timezone = _timezone(top)
+    send_window = top.send_window("send_window")
+    steps = _steps(top, templates_dir)
+    exit_when = top.condition("exit_when")
+    _check_refs(top, "exit_when", exit_when, [step.id for step in steps], before=len(steps))
+    scenario = Scenario(
+        name=name,
+        file=file,
+        sender=sender,
+        entry=entry,
+        steps=steps,
+        exit_when=exit_when,
+        reentry=_reentry(top),
+        timezone=timezone,
+        send_window=send_window,
+        description=top.text("description", required=False, hint="one line about the scenario") or "",
+    )
+    return scenario, document
+
+
+def _entry(top: _Section) -> Entry:
+    hint = "write entry: {list: NAME}, entry: {where: CONDITION} or both"
+    value = top.required("entry", hint)
+    if not isinstance(value, Mapping) or not value:
+        raise top.error("entry", f"must be a mapping with list or where, not {describe(value)}", hint)
+    check_keys(value, ("list", "where"), file=top.file, field="entry")
+    entry = _Section(value, top.file, "entry")
+    where = entry.condition("where")
+    for test in () if where is None else where.engagement_tests():
+        raise entry.error(
+            "where", "an entry rule cannot test what a lead opened, clicked or was sent",
+            "a lead has done nothing in a scenario before entering it; test attributes instead", line=test.line,
+        )
+    return Entry(list_name=entry.text("list", required=False, hint="e.g. list: newsletter"), where=where)
+
+
+def _reentry(top: _Section) -> Reentry:
+    value = top.mapping.get("reentry", False)
+    if isinstance(value, bool):
+        return Reentry(allowed=value)
+    if not isinstance(value, Mapping):
+        problem = f"must be true, false or {{after: DURATION}}, not {describe(value)}"
+        raise top.error("reentry", problem, "e.g. reentry: {after: 30d}")
+    check_keys(value, ("after",), file=top.file, field="reentry")
+    return Reentry(allowed=True, after=_duration(_Section(value, top.file, "reentry"), "after"))
+
+
+def _timezone(top: _Section) -> str:
+    hint = "use an IANA name such as Europe/Berlin or Asia/Tokyo"
+    name = top.text("timezone", required=False, hint=hint)
+    if name is None:
+        return "UTC"
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError, OSError):
+        close = closest(name, available_timezones())
+        raise top.error("timezone", f"unknown time zone {name!r}", hint if close is None else f"did you mean {close!r}?") from None
+    return name
+
+
+def _duration(section: _Section, key: str) -> timedelta:
+    value = section.mapping.get(key, 0)
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)  # `wait: 0` reads as a number
+    if not isinstance(value, str):
+        raise section.error(key, f"must be a duration, not {describe(value)}", durations.HINT)
+    try:
+        return durations.parse_duration(value)
+    except ValueError as error:
+        raise section.error(key, str(error), durations.HINT) from None
+
+
+def _steps(top: _Section, templates_dir: Path | None) -> tuple[Step, ...]:
+    hint = "list the emails under steps:, each starting with `- id: NAME`"
+    items = top.required("steps", hint)
+    if not isinstance(items, list) or not items:
+        problem = "needs at least one step" if items == [] else f"must be a list, not {describe(items)}"
+        raise top.error("steps", problem, hint)
+    sections: list[_Section] = []
+    id_lines: dict[str, int | None] = {}
+    for index, item in enumerate(items):
+        field = subfield("steps", index)
+        if not isinstance(item, Mapping):
+            line = item_line(items, index)
+            raise ScenarioError(f"must be a mapping, not {describe(item)}", file=top.file, line=line, field=field, hint=hint)
+        check_keys(item, _STEP_KEYS, file=top.file, field=field)
+        section = _Section(item, top.file, field)
+        step_id = _step_id(section)
+        if step_id in id_lines:
+            hint = f"it is already used on line {id_lines[step_id]}; step ids must be unique"
+            raise section.error("id", f"duplicate step id {step_id!r}", hint)
+        id_lines[step_id] = key_line(item, "id")
+        sections.append(section)
+    ids = list(id_lines)  # all of them first, so a reference to a later step is told apart from a typo
+    return tuple(_step(section, index, ids, templates_dir) for index, section in enumerate(sections))
+
+
+def _step_id(section: _Section) -> str:
+    value = section.required("id", "give each step a short id such as `welcome`")
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)  # `id: 1` reads as a number
+    step_id = value.strip() if isinstance(value, str) else None
+    if step_id is None or step_id == "any" or not _STEP_ID.fullmatch(step_id):
+        hint = "`any` is reserved for `opened: any`" if step_id == "any" else "use letters, digits, - and _ (at most 64)"
+        raise section.error("id", f"{describe(value) if step_id is None else repr(step_id)} is not a valid step id", hint)
+    return step_id
+
+
+def _step(section: _Section, index: int, ids: list[str], templates_dir: Path | None) -> Step:
+    hint = "add `subject: ...`, one line that may use {{ lead.first_name }}"
+    subject = section.text("subject", required=True, hint=hint) or ""
+    try:
+        _JINJA.parse(subject)
+    except TemplateSyntaxError as error:
+        raise section.error("subject", f"invalid template syntax: {error.message}", "check the {{ }} and {% %} pairs") from None
+    condition = section.condition("condition")
+    _check_refs(section, "condition", condition, ids, before=index)
+    return Step(
+        id=ids[index],
+        wait=_duration(section, "wait"),
+        subject=subject,
+        template=_template(section, "template", templates_dir, required=True) or "",
+        text_template=_template(section, "text_template", templates_dir, required=False),
+        send_window=section.send_window("send_window"),
+        condition=condition,
+        line=line_of(section.mapping) or 0,
+    )
+
+
+def _template(section: _Section, key: str, templates_dir: Path | None, *, required: bool) -> str | None:
+    hint = f"name a file under templates/, e.g. {key}: welcome.html"
+    name = section.text(key, required=required, hint=hint)
+    if name is None:
+        return None
+    if name.startswith(("/", "~")) or "\\" in name or ".." in PurePosixPath(name).parts:
+        raise section.error(key, f"{name!r} is not a file name under templates/", hint)
+    if templates_dir is not None and not (templates_dir / name).is_file():
+        suffix = PurePosixPath(name).suffix  # never suggest welcome.html for welcome.txt
+        files = [
+            path.relative_to(templates_dir).as_posix()
+            for path in templates_dir.rglob("*") if path.suffix == suffix and path.is_file()
+        ]
+        close = closest(name, files)
+        hint = f"no such file in {templates_dir}" + ("" if close is None else f"; did you mean {close!r}?")
+        raise section.error(key, f"template {name!r} does not exist", hint)
+    return name
+
+
+def _check_refs(section: _Section, key: str, condition: Condition | None, ids: list[str], *, before: int) -> None:
+    """Refuse references to steps that do not exist or do not come before position `before`."""
+    for test in () if condition is None else condition.engagement_tests():
+        if test.step_id is None:
+            continue
+        if test.step_id not in ids:
+            problem = f"refers to step {test.step_id!r}, which does not exist"
+            raise section.error(key, problem, did_you_mean(test.step_id, ids), line=test.line)
+        if ids.index(test.step_id) >= before:
+            where = "is this step" if ids.index(test.step_id) == before else "comes after this step"
+            problem = f"refers to step {test.step_id!r}, which {where}"
+            raise section.error(key, problem, "a step's condition may only depend on earlier steps", line=test.line)
