@@ -1,0 +1,670 @@
+"""The embedded store: SQLite through aiosqlite, WAL journal, schema versioned by migrations.
+
+Durability (written in the README too): the journal is WAL and `synchronous` is FULL, so a
+transaction that has committed survives a process crash and a power loss; one that has not
+committed leaves no trace. Both settings are read back at start, and a database that cannot
+run in WAL mode (a network file system, say) is refused rather than silently weakened.
+
+Hot-path writes go through `executemany` inside one explicit transaction per batch: one
+await per row costs about thirty times as much.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from mailer.conditions import Engagement
+from mailer.errors import MailerError
+from mailer.leads import Lead
+from mailer.lifecycle import CLAIMABLE, MessageState, check_transition
+from mailer.store import (
+    ClaimedMessage,
+    DueEnrollment,
+    EnrollmentUpdate,
+    EventRecord,
+    Outcome,
+    Suppression,
+    UpsertCounts,
+)
+
+# Each entry moves the schema from version i to i + 1 (PRAGMA user_version).
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE leads (
+        id INTEGER PRIMARY KEY,
+        email TEXT NOT NULL UNIQUE,
+        first_name TEXT NOT NULL DEFAULT '',
+        last_name TEXT NOT NULL DEFAULT '',
+        company TEXT NOT NULL DEFAULT '',
+        job_title TEXT NOT NULL DEFAULT '',
+        timezone TEXT,
+        source TEXT,
+        attributes TEXT NOT NULL DEFAULT '{}',
+        stage TEXT NOT NULL DEFAULT 'lead',
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL
+    );
+    CREATE TABLE lists (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        created_at INTEGER NOT NULL
+    );
+    CREATE TABLE list_members (
+        list_id INTEGER NOT NULL REFERENCES lists(id),
+        lead_id INTEGER NOT NULL REFERENCES leads(id),
+        added_at INTEGER NOT NULL,
+        PRIMARY KEY (list_id, lead_id)
+    ) WITHOUT ROWID;
+    CREATE TABLE enrollments (
+        id INTEGER PRIMARY KEY,
+        scenario TEXT NOT NULL,
+        lead_id INTEGER NOT NULL REFERENCES leads(id),
+        cycle INTEGER NOT NULL,
+        state TEXT NOT NULL,
+        step_index INTEGER NOT NULL,
+        due_at INTEGER,
+        entered_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL,
+        UNIQUE (scenario, lead_id, cycle)
+    );
+    CREATE INDEX enrollments_due ON enrollments (due_at) WHERE state = 'active';
+    CREATE TABLE messages (
+        id INTEGER PRIMARY KEY,
+        message_id TEXT NOT NULL UNIQUE,
+        enrollment_id INTEGER REFERENCES enrollments(id),
+        lead_id INTEGER NOT NULL REFERENCES leads(id),
+        scenario TEXT NOT NULL,
+        step_id TEXT NOT NULL,
+        state TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at INTEGER,
+        lease_until INTEGER,
+        last_code INTEGER,
+        last_enhanced TEXT,
+        last_text TEXT,
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL,
+        UNIQUE (enrollment_id, step_id)
+    );
+    CREATE INDEX messages_due ON messages (next_attempt_at) WHERE state IN ('queued', 'deferred');
+    CREATE INDEX messages_state ON messages (state);
+    CREATE TABLE events (
+        id INTEGER PRIMARY KEY,
+        at INTEGER NOT NULL,
+        type TEXT NOT NULL,
+        lead_id INTEGER REFERENCES leads(id),
+        message_id INTEGER REFERENCES messages(id),
+        scenario TEXT,
+        step_id TEXT,
+        machine INTEGER NOT NULL DEFAULT 0,
+        data TEXT NOT NULL DEFAULT '{}'
+    );
+    CREATE INDEX events_lead ON events (lead_id, at);
+    CREATE INDEX events_message ON events (message_id, type);
+    CREATE TABLE suppressions (
+        email TEXT NOT NULL,
+        list TEXT NOT NULL DEFAULT '',
+        reason TEXT NOT NULL,
+        detail TEXT NOT NULL DEFAULT '',
+        created_at INTEGER NOT NULL,
+        PRIMARY KEY (email, list)
+    ) WITHOUT ROWID;
+    """,
+)
+
+_LEAD_COLUMNS = (
+    "l.id, l.email, l.first_name, l.last_name, l.company, l.job_title, l.timezone, l.source, "
+    "l.attributes, l.stage"
+)
+_GLOBALLY_SUPPRESSED = "EXISTS (SELECT 1 FROM suppressions s WHERE s.email = l.email AND s.list = '')"
+
+
+class StoreError(MailerError):
+    """The database cannot be used as it is (newer schema, no WAL)."""
+
+
+def ms(at: datetime) -> int:
+    """An instant as integer milliseconds since the epoch, the store's time format."""
+    return int(at.timestamp() * 1000)
+
+
+def from_ms(value: int) -> datetime:
+    return datetime.fromtimestamp(value / 1000, tz=timezone.utc)
+
+
+def _lead(row: Sequence[Any], offset: int = 0) -> Lead:
+    (id_, email, first, last, company, title, tz, source, attributes, stage) = row[
+        offset : offset + 10
+    ]
+    return Lead(
+        id=id_,
+        email=email,
+        first_name=first,
+        last_name=last,
+        company=company,
+        job_title=title,
+        timezone=tz,
+        source=source,
+        attributes=json.loads(attributes),
+        stage=stage,
+    )
+
+
+class SQLiteStore:
+    """`Store` on one SQLite file."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._db: aiosqlite.Connection | None = None
+        self._lock = asyncio.Lock()
+
+    @property
+    def db(self) -> aiosqlite.Connection:
+        if self._db is None:
+            raise StoreError("the store is not open")
+        return self._db
+
+    async def open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = await aiosqlite.connect(self.path, isolation_level=None)
+        try:
+            await self.db.execute("PRAGMA busy_timeout = 10000")
+            await self.db.execute("PRAGMA foreign_keys = ON")
+            mode = await self._pragma("PRAGMA journal_mode = WAL")
+            if str(mode).lower() != "wal":
+                raise StoreError(f"{self.path}: SQLite refused WAL mode (got {mode!r}); use a local disk")
+            await self.db.execute("PRAGMA synchronous = FULL")
+            if await self._pragma("PRAGMA synchronous") != 2:  # 2 is FULL
+                raise StoreError(f"{self.path}: SQLite did not accept synchronous = FULL")
+            await self._migrate()
+        except BaseException:
+            await self.close()  # a refused store must not leave its connection thread behind
+            raise
+
+    async def close(self) -> None:
+        if self._db is not None:
+            await self._db.close()
+            self._db = None
+
+    async def __aenter__(self) -> SQLiteStore:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def _pragma(self, sql: str) -> Any:
+        async with self.db.execute(sql) as cursor:
+            row = await cursor.fetchone()
+        return row[0] if row else None
+
+    async def _migrate(self) -> None:
+        version = int(await self._pragma("PRAGMA user_version"))
+        if version > len(MIGRATIONS):
+            raise StoreError(
+                f"{self.path}: schema version {version} is newer than this mailer knows "
+                f"({len(MIGRATIONS)}); upgrade mailer"
+            )
+        for number in range(version, len(MIGRATIONS)):
+            async with self.transaction():
+                for statement in _statements(MIGRATIONS[number]):
+                    await self.db.execute(statement)
+                await self.db.execute(f"PRAGMA user_version = {number + 1}")
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
+        """BEGIN IMMEDIATE … COMMIT, or ROLLBACK on any error: all of a batch or none of it.
+
+        The daemon's tasks share one connection, so transactions take turns under a lock.
+        """
+        async with self._lock:
+            await self.db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self.db
+            except BaseException:
+                await self.db.execute("ROLLBACK")
+                raise
+            await self.db.execute("COMMIT")
+
+    async def _fetchall(self, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:
+        async with self.db.execute(sql, tuple(params)) as cursor:
+            return list(await cursor.fetchall())
+
+    # -- leads and lists ---------------------------------------------------------------
+
+    async def upsert_leads(
+        self, leads: Sequence[Lead], *, list_name: str | None, now: datetime
+    ) -> UpsertCounts:
+        """Create or update leads by address, all in one transaction; empty values never erase."""
+        stamp = ms(now)
+        added = 0
+        async with self.transaction():
+            existing: set[str] = set()
+            emails = [lead.email for lead in leads]
+            for chunk in _chunks(emails, 500):
+                marks = ",".join("?" * len(chunk))
+                rows = await self._fetchall(f"SELECT email FROM leads WHERE email IN ({marks})", chunk)
+                existing.update(row[0] for row in rows)
+            await self.db.executemany(
+                """
+                INSERT INTO leads (email, first_name, last_name, company, job_title, timezone,
+                                   source, attributes, created_at, updated_at)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                ON CONFLICT (email) DO UPDATE SET
+                    first_name = coalesce(nullif(excluded.first_name, ''), first_name),
+                    last_name = coalesce(nullif(excluded.last_name, ''), last_name),
+                    company = coalesce(nullif(excluded.company, ''), company),
+                    job_title = coalesce(nullif(excluded.job_title, ''), job_title),
+                    timezone = coalesce(nullif(excluded.timezone, ''), timezone),
+                    source = coalesce(source, excluded.source),
+                    attributes = json_patch(attributes, excluded.attributes),
+                    updated_at = excluded.updated_at
+                """,
+                [
+                    (
+                        lead.email,
+                        lead.first_name,
+                        lead.last_name,
+                        lead.company,
+                        lead.job_title,
+                        lead.timezone,
+                        lead.source,
+                        # an empty value must not erase a stored one (and json_patch deletes on null)
+                        json.dumps(
+                            {k: v for k, v in lead.attributes.items() if v is not None and v != ""},
+                            ensure_ascii=False,
+                        ),
+                        stamp,
+                        stamp,
+                    )
+                    for lead in leads
+                ],
+            )
+            if list_name:
+                await self.db.execute(
+                    "INSERT OR IGNORE INTO lists (name, created_at) VALUES (?, ?)", (list_name, stamp)
+                )
+                before = self.db.total_changes
+                await self.db.executemany(
+                    """
+                    INSERT OR IGNORE INTO list_members (list_id, lead_id, added_at)
+                    SELECT lists.id, leads.id, ? FROM lists, leads
+                    WHERE lists.name = ? AND leads.email = ?
+                    """,
+                    [(stamp, list_name, email) for email in emails],
+                )
+                added = self.db.total_changes - before
+        created = len(set(emails) - existing)
+        return UpsertCounts(created=created, updated=len(set(emails)) - created, added_to_list=added)
+
+    async def get_lead(self, email: str) -> Lead | None:
+        rows = await self._fetchall(f"SELECT {_LEAD_COLUMNS} FROM leads l WHERE l.email = ?", (email,))
+        return _lead(rows[0]) if rows else None
+
+    async def sample_leads(self, limit: int) -> list[Lead]:
+        rows = await self._fetchall(f"SELECT {_LEAD_COLUMNS} FROM leads l ORDER BY l.id LIMIT ?", (limit,))
+        return [_lead(row) for row in rows]
+
+    async def lead_count(self) -> int:
+        rows = await self._fetchall("SELECT count(*) FROM leads")
+        return int(rows[0][0])
+
+    async def lead_events(self, lead_id: int) -> list[EventRecord]:
+        rows = await self._fetchall(
+            "SELECT at, type, scenario, step_id, data FROM events WHERE lead_id = ? ORDER BY at, id",
+            (lead_id,),
+        )
+        return [EventRecord(from_ms(r[0]), r[1], r[2], r[3], json.loads(r[4])) for r in rows]
+
+    # -- enrollments -------------------------------------------------------------------
+
+    async def entry_candidates(
+        self,
+        *,
+        scenario: str,
+        list_name: str | None,
+        reentry_after: timedelta | None,
+        now: datetime,
+        after_lead_id: int,
+        limit: int,
+    ) -> list[Lead]:
+        """Leads that may enter: in the list (if any), not suppressed, not already in it.
+
+        A lead that went through the scenario may enter again only when re-entry is allowed
+        and its last enrollment ended at least `reentry_after` ago.
+        """
+        source = "leads l"
+        params: list[Any] = []
+        list_clause = ""
+        if list_name is not None:
+            source = "list_members m JOIN lists li ON li.id = m.list_id JOIN leads l ON l.id = m.lead_id"
+            list_clause = (
+                "AND li.name = ? AND NOT EXISTS (SELECT 1 FROM suppressions s2"
+                " WHERE s2.email = l.email AND s2.list = li.name)"
+            )
+            params.append(list_name)
+        if reentry_after is None:
+            enrolled = "e.scenario = ? AND e.lead_id = l.id"
+            enrolled_params: list[Any] = [scenario]
+        else:
+            enrolled = "e.scenario = ? AND e.lead_id = l.id AND (e.state = 'active' OR e.updated_at > ?)"
+            enrolled_params = [scenario, ms(now - reentry_after)]
+        rows = await self._fetchall(
+            f"""
+            SELECT {_LEAD_COLUMNS} FROM {source}
+            WHERE l.id > ? {list_clause}
+              AND NOT {_GLOBALLY_SUPPRESSED}
+              AND NOT EXISTS (SELECT 1 FROM enrollments e WHERE {enrolled})
+            ORDER BY l.id LIMIT ?
+            """,
+            [after_lead_id, *params, *enrolled_params, limit],
+        )
+        return [_lead(row) for row in rows]
+
+    async def enroll(
+        self, *, scenario: str, lead_ids: Sequence[int], due_at: datetime, now: datetime
+    ) -> int:
+        if not lead_ids:
+            return 0
+        stamp = ms(now)
+        async with self.transaction():
+            before = self.db.total_changes
+            await self.db.executemany(
+                """
+                INSERT OR IGNORE INTO enrollments
+                    (scenario, lead_id, cycle, state, step_index, due_at, entered_at, updated_at)
+                SELECT ?, ?, coalesce(max(cycle), 0) + 1, 'active', 0, ?, ?, ?
+                FROM enrollments WHERE scenario = ? AND lead_id = ?
+                """,
+                [(scenario, lead_id, ms(due_at), stamp, stamp, scenario, lead_id) for lead_id in lead_ids],
+            )
+            entered = self.db.total_changes - before
+            await self.db.executemany(
+                """
+                INSERT INTO events (at, type, lead_id, scenario, data)
+                SELECT entered_at, 'entered', lead_id, scenario, json_object('cycle', cycle)
+                FROM enrollments WHERE scenario = ? AND lead_id = ? AND entered_at = ?
+                """,
+                [(scenario, lead_id, stamp) for lead_id in lead_ids],
+            )
+        return entered
+
+    async def due_enrollments(self, *, now: datetime, limit: int) -> list[DueEnrollment]:
+        rows = await self._fetchall(
+            f"""
+            SELECT e.id, e.scenario, e.cycle, e.step_index, e.due_at, {_GLOBALLY_SUPPRESSED},
+                   {_LEAD_COLUMNS}
+            FROM enrollments e JOIN leads l ON l.id = e.lead_id
+            WHERE e.state = 'active' AND e.due_at <= ?
+            ORDER BY e.due_at LIMIT ?
+            """,
+            (ms(now), limit),
+        )
+        return [
+            DueEnrollment(
+                id=r[0],
+                scenario=r[1],
+                cycle=r[2],
+                step_index=r[3],
+                due_at=from_ms(r[4]),
+                suppressed=bool(r[5]),
+                lead=_lead(r, 6),
+            )
+            for r in rows
+        ]
+
+    async def engagement(self, enrollment_ids: Sequence[int]) -> dict[int, Engagement]:
+        """Which steps of each enrollment were sent, and opened or clicked by a human."""
+        found: dict[int, dict[str, set[str]]] = {
+            i: {"sent": set(), "opened": set(), "clicked": set()} for i in enrollment_ids
+        }
+        for chunk in _chunks(list(enrollment_ids), 500):
+            marks = ",".join("?" * len(chunk))
+            rows = await self._fetchall(
+                f"""
+                SELECT enrollment_id, step_id, 'sent' FROM messages
+                WHERE enrollment_id IN ({marks}) AND state = 'sent'
+                UNION
+                SELECT m.enrollment_id, m.step_id, ev.type
+                FROM messages m JOIN events ev ON ev.message_id = m.id
+                WHERE m.enrollment_id IN ({marks}) AND ev.type IN ('opened', 'clicked')
+                  AND ev.machine = 0
+                """,
+                [*chunk, *chunk],
+            )
+            for enrollment_id, step_id, kind in rows:
+                found[enrollment_id][kind].add(step_id)
+        return {
+            i: Engagement(
+                sent=frozenset(f["sent"]), opened=frozenset(f["opened"]), clicked=frozenset(f["clicked"])
+            )
+            for i, f in found.items()
+        }
+
+    async def apply_updates(self, updates: Sequence[EnrollmentUpdate], *, now: datetime) -> None:
+        """Advance enrollments and queue their messages: one transaction for the batch."""
+        if not updates:
+            return
+        stamp = ms(now)
+        async with self.transaction():
+            await self.db.executemany(
+                "UPDATE enrollments SET step_index = ?, state = ?, due_at = ?, updated_at = ? WHERE id = ?",
+                [
+                    (u.step_index, u.state, ms(u.due_at) if u.due_at else None, stamp, u.enrollment_id)
+                    for u in updates
+                ],
+            )
+            await self.db.executemany(
+                """
+                INSERT OR IGNORE INTO messages
+                    (message_id, enrollment_id, lead_id, scenario, step_id, state,
+                     next_attempt_at, created_at, updated_at)
+                VALUES (?, ?, ?, ?, ?, 'queued', ?, ?, ?)
+                """,
+                [
+                    (
+                        u.message.message_id,
+                        u.enrollment_id,
+                        u.lead_id,
+                        u.scenario,
+                        u.message.step_id,
+                        ms(u.message.not_before),
+                        stamp,
+                        stamp,
+                    )
+                    for u in updates
+                    if u.message is not None
+                ],
+            )
+            await self.db.executemany(
+                "INSERT INTO events (at, type, lead_id, scenario, step_id, data) VALUES (?, ?, ?, ?, ?, ?)",
+                [
+                    (
+                        stamp,
+                        u.event,
+                        u.lead_id,
+                        u.scenario,
+                        u.message.step_id if u.message else u.detail.get("step"),
+                        json.dumps(u.detail, ensure_ascii=False),
+                    )
+                    for u in updates
+                ],
+            )
+
+    # -- messages ----------------------------------------------------------------------
+
+    async def claim_messages(
+        self, *, now: datetime, limit: int, lease: timedelta
+    ) -> list[ClaimedMessage]:
+        """Lease due messages for one attempt each: queued or deferred → sending."""
+        stamp = ms(now)
+        claimable = ",".join(f"'{state}'" for state in sorted(CLAIMABLE))
+        async with self.transaction():
+            rows = await self._fetchall(
+                f"""
+                UPDATE messages SET state = 'sending', lease_until = ?, updated_at = ?
+                WHERE id IN (
+                    SELECT id FROM messages
+                    WHERE state IN ({claimable}) AND next_attempt_at <= ?
+                    ORDER BY next_attempt_at LIMIT ?)
+                RETURNING id
+                """,
+                (ms(now + lease), stamp, stamp, limit),
+            )
+            ids = [row[0] for row in rows]
+            if not ids:
+                return []
+            marks = ",".join("?" * len(ids))
+            rows = await self._fetchall(
+                f"""
+                SELECT m.id, m.message_id, m.scenario, m.step_id, m.attempts, m.created_at,
+                       {_GLOBALLY_SUPPRESSED}, {_LEAD_COLUMNS}
+                FROM messages m JOIN leads l ON l.id = m.lead_id
+                WHERE m.id IN ({marks}) ORDER BY m.next_attempt_at, m.id
+                """,
+                ids,
+            )
+        return [
+            ClaimedMessage(
+                id=r[0],
+                message_id=r[1],
+                scenario=r[2],
+                step_id=r[3],
+                attempts=r[4],
+                created_at=from_ms(r[5]),
+                suppressed=bool(r[6]),
+                lead=_lead(r, 7),
+            )
+            for r in rows
+        ]
+
+    async def record_outcomes(self, outcomes: Sequence[Outcome]) -> None:
+        """Write attempt outcomes and their events in one transaction (sending → outcome)."""
+        if not outcomes:
+            return
+        for outcome in outcomes:
+            check_transition(MessageState.SENDING, outcome.state)
+        attempted = (MessageState.SENT, MessageState.DEFERRED, MessageState.FAILED, MessageState.EXPIRED)
+        async with self.transaction():
+            # events first, and only for messages still in flight: an outcome recorded twice
+            # (or after a release) must not log an event the state change below will not make
+            await self.db.executemany(
+                """
+                INSERT INTO events (at, type, lead_id, message_id, scenario, step_id, data)
+                SELECT ?, ?, ?, id, scenario, step_id, ? FROM messages WHERE id = ? AND state = 'sending'
+                """,
+                [(ms(o.at), o.state.value, o.lead_id, _outcome_data(o), o.message) for o in outcomes],
+            )
+            await self.db.executemany(
+                """
+                UPDATE messages SET state = ?, attempts = attempts + ?, next_attempt_at = ?,
+                    lease_until = NULL, last_code = coalesce(?, last_code),
+                    last_enhanced = coalesce(?, last_enhanced), last_text = coalesce(?, last_text),
+                    updated_at = ?
+                WHERE id = ? AND state = 'sending'
+                """,
+                [
+                    (
+                        o.state.value,
+                        1 if o.state in attempted else 0,
+                        ms(o.next_attempt_at) if o.next_attempt_at else None,
+                        o.reply.code if o.reply else None,
+                        o.reply.enhanced if o.reply else None,
+                        o.reply.text if o.reply else None,
+                        ms(o.at),
+                        o.message,
+                    )
+                    for o in outcomes
+                ],
+            )
+
+    async def release(self, message_ids: Sequence[int], *, now: datetime) -> None:
+        """Hand leased messages back unsent (shutdown): sending → queued."""
+        if not message_ids:
+            return
+        async with self.transaction():
+            await self.db.executemany(
+                "UPDATE messages SET state = 'queued', lease_until = NULL, updated_at = ? "
+                "WHERE id = ? AND state = 'sending'",
+                [(ms(now), message_id) for message_id in message_ids],
+            )
+
+    async def recover_in_flight(self, *, now: datetime) -> int:
+        """After a crash, messages left in `sending` go back to the queue: they may repeat."""
+        async with self.transaction():
+            rows = await self._fetchall(
+                "UPDATE messages SET state = 'queued', lease_until = NULL, updated_at = ? "
+                "WHERE state = 'sending' RETURNING id, lead_id",
+                (ms(now),),
+            )
+            await self.db.executemany(
+                "INSERT INTO events (at, type, lead_id, message_id, data) VALUES (?, 'recovered', ?, ?, '{}')",
+                [(ms(now), row[1], row[0]) for row in rows],
+            )
+        return len(rows)
+
+    async def next_wakeup(self) -> datetime | None:
+        """The earliest instant at which an enrollment or a message becomes due."""
+        rows = await self._fetchall(
+            """
+            SELECT min(t) FROM (
+                SELECT min(due_at) AS t FROM enrollments WHERE state = 'active'
+                UNION ALL
+                SELECT min(next_attempt_at) FROM messages WHERE state IN ('queued', 'deferred'))
+            """
+        )
+        value = rows[0][0]
+        return from_ms(value) if value is not None else None
+
+    async def message_counts(self) -> dict[str, int]:
+        rows = await self._fetchall("SELECT state, count(*) FROM messages GROUP BY state")
+        return {state: count for state, count in rows}
+
+    async def enrollment_counts(self) -> dict[str, int]:
+        rows = await self._fetchall("SELECT state, count(*) FROM enrollments GROUP BY state")
+        return {state: count for state, count in rows}
+
+    # -- suppressions ------------------------------------------------------------------
+
+    async def suppress(self, suppressions: Sequence[Suppression], *, now: datetime) -> None:
+        async with self.transaction():
+            await self.db.executemany(
+                "INSERT OR IGNORE INTO suppressions (email, list, reason, detail, created_at) "
+                "VALUES (?, ?, ?, ?, ?)",
+                [(s.email, s.list_name, s.reason, s.detail, ms(now)) for s in suppressions],
+            )
+
+
+def _outcome_data(outcome: Outcome) -> str:
+    data: dict[str, Any] = {}
+    if outcome.reply is not None:
+        data = {
+            "code": outcome.reply.code,
+            "enhanced": outcome.reply.enhanced,
+            "text": outcome.reply.text,
+            "command": outcome.reply.command,
+            "host": outcome.reply.host,
+        }
+    if outcome.next_attempt_at is not None:
+        data["next_attempt_at"] = outcome.next_attempt_at.isoformat()
+    if outcome.detail:
+        data["detail"] = outcome.detail
+    return json.dumps(data, ensure_ascii=False)
+
+
+def _statements(script: str) -> list[str]:
+    return [s.strip() for s in script.split(";") if s.strip()]
+
+
+def _chunks(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]

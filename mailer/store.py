@@ -1,0 +1,146 @@
+"""The one storage interface the engine uses, and the values that cross it.
+
+Callers depend on `Store` only; `mailer.sqlitestore.SQLiteStore` is the embedded default and
+a PostgreSQL store can be added later without touching them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Protocol
+
+from mailer.conditions import Engagement
+from mailer.leads import Lead
+from mailer.lifecycle import MessageState
+from mailer.reply import SMTPReply
+
+
+@dataclass(frozen=True)
+class UpsertCounts:
+    created: int
+    updated: int
+    added_to_list: int
+
+
+@dataclass(frozen=True)
+class DueEnrollment:
+    """An active enrollment whose next step is due, with its lead."""
+
+    id: int
+    scenario: str
+    cycle: int
+    step_index: int
+    due_at: datetime
+    lead: Lead
+    suppressed: bool
+
+
+@dataclass(frozen=True)
+class NewMessage:
+    message_id: str  # the Message-ID header value, kept across retries and repeats
+    step_id: str
+    not_before: datetime
+
+
+@dataclass(frozen=True)
+class EnrollmentUpdate:
+    """What the planner decided for one enrollment, to be written in one transaction."""
+
+    enrollment_id: int
+    lead_id: int
+    scenario: str
+    step_index: int
+    state: str  # active | completed | exited
+    due_at: datetime | None
+    event: str  # queued | skipped | waiting | exited | completed
+    detail: dict[str, Any] = field(default_factory=dict)
+    message: NewMessage | None = None
+
+
+@dataclass(frozen=True)
+class ClaimedMessage:
+    """A message leased for one delivery attempt."""
+
+    id: int
+    message_id: str
+    scenario: str
+    step_id: str
+    attempts: int  # attempts recorded before this one
+    created_at: datetime
+    lead: Lead
+    suppressed: bool
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The recorded result of one attempt, or a decision not to attempt."""
+
+    message: int  # messages.id
+    lead_id: int
+    state: MessageState
+    at: datetime
+    reply: SMTPReply | None = None
+    next_attempt_at: datetime | None = None
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class EventRecord:
+    at: datetime
+    type: str
+    scenario: str | None
+    step_id: str | None
+    data: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Suppression:
+    email: str
+    reason: str  # unsubscribe | hard-bounce | complaint | soft-bounce-escalation | manual | unconfirmed
+    list_name: str = ""  # "" is global
+    detail: str = ""
+
+
+class Store(Protocol):
+    async def open(self) -> None: ...
+    async def close(self) -> None: ...
+
+    # leads and lists
+    async def upsert_leads(
+        self, leads: Sequence[Lead], *, list_name: str | None, now: datetime
+    ) -> UpsertCounts: ...
+    async def get_lead(self, email: str) -> Lead | None: ...
+    async def lead_events(self, lead_id: int) -> list[EventRecord]: ...
+
+    # enrollments
+    async def entry_candidates(
+        self,
+        *,
+        scenario: str,
+        list_name: str | None,
+        reentry_after: timedelta | None,
+        now: datetime,
+        after_lead_id: int,
+        limit: int,
+    ) -> list[Lead]: ...
+    async def enroll(
+        self, *, scenario: str, lead_ids: Sequence[int], due_at: datetime, now: datetime
+    ) -> int: ...
+    async def due_enrollments(self, *, now: datetime, limit: int) -> list[DueEnrollment]: ...
+    async def engagement(self, enrollment_ids: Sequence[int]) -> dict[int, Engagement]: ...
+    async def apply_updates(self, updates: Sequence[EnrollmentUpdate], *, now: datetime) -> None: ...
+
+    # messages
+    async def claim_messages(
+        self, *, now: datetime, limit: int, lease: timedelta
+    ) -> list[ClaimedMessage]: ...
+    async def record_outcomes(self, outcomes: Sequence[Outcome]) -> None: ...
+    async def release(self, message_ids: Sequence[int], *, now: datetime) -> None: ...
+    async def recover_in_flight(self, *, now: datetime) -> int: ...
+    async def next_wakeup(self) -> datetime | None: ...
+    async def message_counts(self) -> dict[str, int]: ...
+
+    # suppressions
+    async def suppress(self, suppressions: Sequence[Suppression], *, now: datetime) -> None: ...
