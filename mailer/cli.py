@@ -1,0 +1,238 @@
+"""The `mailer` command: init, serve, validate, preview, leads import, status, demo.
+
+A user's mistake ends as one line on stderr and exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import secrets
+import signal
+import sys
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+
+from mailer.clock import AcceleratedClock, Clock, SystemClock
+from mailer.config import CONFIG_NAME, STARTER_CONFIG, Config, load_config
+from mailer.errors import ConfigError, MailerError, UserError
+
+EXIT_USER_ERROR = 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return EXIT_USER_ERROR
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("aiosqlite").setLevel(logging.WARNING)
+    logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd's per-command log
+    try:
+        result: int = args.run(args)
+        return result
+    except UserError as error:
+        print(f"mailer: error: {error.render()}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except MailerError as error:
+        print(f"mailer: error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mailer", description="Nurture scenarios, sent well.")
+    parser.add_argument("--config", "-c", type=Path, default=None, help=f"the config file (default ./{CONFIG_NAME})")
+    parser.add_argument("--verbose", "-v", action="store_true", help="log debug detail")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    init = commands.add_parser("init", help="write a starter mailer.toml, a secret key and example content")
+    init.add_argument("directory", nargs="?", type=Path, default=Path("."))
+    init.add_argument("--force", action="store_true", help="overwrite an existing config and key")
+    init.set_defaults(run=_init)
+
+    serve = commands.add_parser("serve", help="run the send daemon until SIGTERM or Ctrl-C")
+    serve.set_defaults(run=_serve)
+
+    validate = commands.add_parser("validate", help="check scenarios and render every step against sample leads")
+    validate.add_argument("path", nargs="?", type=Path, default=None, help="a scenario file or directory")
+    validate.add_argument("--leads", type=Path, default=None, help="render against the leads of this CSV")
+    validate.set_defaults(run=_validate)
+
+    preview = commands.add_parser("preview", help="write one step's message for a lead as .eml and .html")
+    preview.add_argument("scenario")
+    preview.add_argument("step")
+    preview.add_argument("--lead", required=True, help="the lead's email address")
+    preview.add_argument("--out", type=Path, default=Path("preview"), help="directory to write into")
+    preview.set_defaults(run=_preview)
+
+    leads = commands.add_parser("leads", help="manage leads")
+    lead_commands = leads.add_subparsers(dest="leads_command", metavar="ACTION", required=True)
+    import_ = lead_commands.add_parser("import", help="import or update leads from a CSV file")
+    import_.add_argument("file", type=Path)
+    import_.add_argument("--list", dest="list_name", default=None, help="add the leads to this list")
+    import_.add_argument("--source", default=None, help="where these leads came from (流入元)")
+    import_.add_argument("--check-deliverability", action="store_true", help="also check each domain in DNS")
+    import_.add_argument("--strict", action="store_true", help="import nothing if any row is rejected")
+    import_.set_defaults(run=_leads_import)
+
+    status = commands.add_parser("status", help="count leads, enrollments and messages by state")
+    status.set_defaults(run=_status)
+
+    demo = commands.add_parser("demo", help="run a week of nurture against an embedded SMTP server")
+    demo.add_argument("--workspace", type=Path, default=None, help="where to write (default: a new temp dir)")
+    demo.add_argument("--days", type=float, default=10.0, help="at most this many days of nurture (it stops once all is sent)")
+    demo.add_argument("--seconds", type=float, default=20.0, help="how many real seconds those days take")
+    demo.set_defaults(run=_demo)
+    return parser
+
+
+def load(args: argparse.Namespace, *, required: bool = False) -> Config:
+    """The config named by --config, ./mailer.toml, or (unless required) the defaults."""
+    path: Path | None = args.config
+    if path is None:
+        candidate = Path.cwd() / CONFIG_NAME
+        if candidate.exists():
+            path = candidate
+    if path is not None:
+        return load_config(path)
+    if required:
+        raise ConfigError(f"no {CONFIG_NAME} here", file=str(Path.cwd() / CONFIG_NAME), hint="run `mailer init` first, or pass --config")
+    base = Path.cwd()
+    return Config(store=base / "mailer.db", scenarios=base / "scenarios", templates=base / "templates", secret_key_file=base / "mailer.key")
+
+
+def make_clock(config: Config) -> Clock:
+    if config.clock.speed == 1.0 and not config.clock.start:
+        return SystemClock()
+    start = datetime.fromisoformat(config.clock.start) if config.clock.start else None
+    return AcceleratedClock(config.clock.speed, start)
+
+
+# -- commands ------------------------------------------------------------------------------
+
+
+def _init(args: argparse.Namespace) -> int:
+    from mailer.examples_data import copy_examples
+
+    directory: Path = args.directory
+    directory.mkdir(parents=True, exist_ok=True)
+    config_path = directory / CONFIG_NAME
+    key_path = directory / "mailer.key"
+    for path in (config_path, key_path):
+        if path.exists() and not args.force:
+            raise ConfigError("already exists", file=str(path), hint="pass --force to overwrite it")
+    config_path.write_text(STARTER_CONFIG, encoding="utf-8")
+    # The key is created with mode 0600 from the start, never world-readable for a moment.
+    fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as key_file:
+        key_file.write(secrets.token_urlsafe(48) + "\n")
+    os.chmod(key_path, 0o600)
+    copied = copy_examples(directory)
+    print(f"wrote {config_path} and {key_path} (mode 0600)")
+    for item in copied:
+        print(f"wrote {item}")
+    print(f"next: edit {config_path} ([relay] and [identities.default]), then `mailer leads import FILE.csv --list trial-signups`")
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from mailer.daemon import Daemon
+    from mailer.sqlitestore import SQLiteStore
+
+    config = load(args, required=True)
+
+    async def run() -> int:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        async with SQLiteStore(config.store) as store:
+            daemon = Daemon(config=config, store=store, clock=make_clock(config))
+            errors = daemon.load_scenarios()
+            if not daemon.scenarios and errors:
+                raise errors[0]
+            logging.getLogger("mailer").info(
+                "serving %d scenarios from %s through %s:%d",
+                len(daemon.scenarios), config.scenarios, config.relay.host, config.relay.port,
+            )
+            report = await daemon.serve(stop)
+        logging.getLogger("mailer").info("stopped: %s", report.outcomes)
+        return 0
+
+    return asyncio.run(run())
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from mailer.validate import validate
+
+    config = load(args)
+    problems, summary = validate(config, path=args.path, leads_csv=args.leads)
+    for problem in problems:
+        print(f"mailer: error: {problem.render()}", file=sys.stderr)
+    print(summary)
+    return EXIT_USER_ERROR if problems else 0
+
+
+def _preview(args: argparse.Namespace) -> int:
+    from mailer.validate import preview
+
+    config = load(args)
+    written = asyncio.run(preview(config, scenario_name=args.scenario, step_id=args.step, email=args.lead, out=args.out))
+    for path in written:
+        print(f"wrote {path}")
+    return 0
+
+
+def _leads_import(args: argparse.Namespace) -> int:
+    from mailer.importing import import_leads
+
+    config = load(args)
+    return asyncio.run(
+        import_leads(
+            config,
+            path=args.file,
+            list_name=args.list_name,
+            source=args.source,
+            check_deliverability=args.check_deliverability,
+            strict=args.strict,
+        )
+    )
+
+
+def _status(args: argparse.Namespace) -> int:
+    from mailer.sqlitestore import SQLiteStore
+
+    config = load(args)
+
+    async def run() -> None:
+        async with SQLiteStore(config.store) as store:
+            print(f"leads: {await store.lead_count()}")
+            print("enrollments: " + _counts(await store.enrollment_counts()))
+            print("messages: " + _counts(await store.message_counts()))
+
+    asyncio.run(run())
+    return 0
+
+
+def _counts(counts: dict[str, int]) -> str:
+    return ", ".join(f"{state} {count}" for state, count in sorted(counts.items())) or "none"
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from mailer.demo import run_demo
+
+    return asyncio.run(run_demo(workspace=args.workspace, days=args.days, seconds=args.seconds))
+
+
+def now_utc() -> datetime:
+    return datetime.now(timezone.utc)

@@ -1,0 +1,350 @@
+"""The send daemon: scheduler and delivery workers in one event loop.
+
+    entry rules ─► enrollments ─► planner ─► messages (queued) ─► workers ─► SMTP
+                                                    ▲                 │
+                                                    └── outcomes ◄────┘  (batched writes)
+
+The scheduler finds due enrollments through the `enrollments_due` index, never by scanning
+leads. A message is claimed (leased) just before its attempt, and its state moves only when
+the attempt's outcome is written. SIGTERM stops claiming, lets the transactions under way
+finish, writes their outcomes, hands unstarted claims back to the queue and returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from mailer.clock import Clock
+from mailer.conditions import Engagement
+from mailer.config import Config, IdentityConfig
+from mailer.errors import HeaderInjectionError, MailerError, ScenarioError, TemplateError
+from mailer.lifecycle import MessageState
+from mailer.compose import Composer
+from mailer.mime import make_message_id, wire_address
+from mailer.planner import Decision, plan
+from mailer.render import Renderer
+from mailer.reply import SMTPReply, Verdict
+from mailer.retry import RetryPolicy
+from mailer.scenario import Scenario, Step, load_scenarios
+from mailer.store import ClaimedMessage, EnrollmentUpdate, NewMessage, Outcome, Store
+from mailer.transport import Envelope, SMTPConnection, SMTPTransport
+
+log = logging.getLogger("mailer.daemon")
+
+ENTRY_PAGE = 500
+DUE_PAGE = 500
+# A claimed message is leased for longer than the longest SMTP phase may take.
+LEASE = timedelta(minutes=30)
+IDLE_CONNECTION_SECONDS = 2.0  # real time a worker keeps an idle SMTP session open
+FLUSH_SECONDS = 0.05  # real time outcomes may wait to be written with others
+
+
+@dataclass
+class Report:
+    """What the daemon did, for `mailer serve` logs, the demo and tests."""
+
+    entered: int = 0
+    queued: int = 0
+    outcomes: dict[str, int] = field(default_factory=dict)
+
+    def count(self, state: MessageState) -> None:
+        self.outcomes[state.value] = self.outcomes.get(state.value, 0) + 1
+
+
+OutcomeListener = Callable[[ClaimedMessage, Outcome, str], None]
+
+
+class Daemon:
+    def __init__(
+        self,
+        *,
+        config: Config,
+        store: Store,
+        clock: Clock,
+        transport: SMTPTransport | None = None,
+        on_outcome: OutcomeListener | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.clock = clock
+        self.transport = transport or SMTPTransport(config.relay, config.timeouts)
+        self.composer = Composer(Renderer(config.templates), config.identities)
+        self.retry = RetryPolicy.from_config(config.retry)
+        self.on_outcome = on_outcome
+        self.rng = rng or random.Random()
+        self.report = Report()
+        self.scenarios: dict[str, Scenario] = {}
+        self.scenario_errors: list[ScenarioError] = []
+        self._queue: asyncio.Queue[ClaimedMessage | None] = asyncio.Queue()
+        self._in_flight = 0
+        self._pending: list[Outcome] = []
+        self._wake = asyncio.Event()
+        self._stopping = False
+
+    # -- scenarios -----------------------------------------------------------------------
+
+    def load_scenarios(self) -> list[ScenarioError]:
+        """(Re)load scenario files; a broken file is reported and the others keep running."""
+        scenarios, errors = load_scenarios(
+            self.config.scenarios, identities=self.config.identities, templates_dir=self.config.templates
+        )
+        self.scenarios = {s.name: s for s in scenarios}
+        self.scenario_errors = errors
+        self.composer.forget()
+        for error in errors:
+            log.error("%s (this scenario is paused)", error)
+        return errors
+
+    # -- the loop ------------------------------------------------------------------------
+
+    async def serve(self, stop: asyncio.Event) -> Report:
+        """Run until `stop` is set, then drain and return what was done."""
+        recovered = await self.store.recover_in_flight(now=self.clock.now())
+        if recovered:
+            log.warning("%d messages were in flight at the last stop; they are queued again", recovered)
+        if not self.scenarios:
+            self.load_scenarios()
+        workers = [asyncio.create_task(self._worker()) for _ in range(self.config.delivery.concurrency)]
+        flusher = asyncio.create_task(self._flush_forever())
+        next_entry = self.clock.now()
+        try:
+            while not stop.is_set():
+                now = self.clock.now()
+                if now >= next_entry:
+                    await self.enter_leads(now)
+                    next_entry = now + self.config.scheduler.entry_interval
+                busy = await self.schedule_due(now)
+                busy = await self.dispatch(now) or busy
+                if not busy:
+                    await self._idle(stop, next_entry)
+        finally:
+            self._stopping = True
+            await self._drain(workers)
+            flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await flusher
+            await self.flush()
+        return self.report
+
+    async def _idle(self, stop: asyncio.Event, next_entry: datetime) -> None:
+        """Sleep until something may be due, a worker frees capacity, or stop."""
+        now = self.clock.now()
+        wake_at = min(now + self.config.scheduler.poll_interval, next_entry)
+        due = await self.store.next_wakeup()
+        if due is not None:
+            wake_at = min(wake_at, max(due, now))
+        delay = (wake_at - now).total_seconds()
+        self._wake.clear()
+        waiters = [
+            asyncio.ensure_future(self.clock.sleep(delay)),
+            asyncio.ensure_future(stop.wait()),
+            asyncio.ensure_future(self._wake.wait()),
+        ]
+        try:
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+
+    async def enter_leads(self, now: datetime) -> int:
+        """Enroll the leads that match each scenario's entry rule and may enter."""
+        self.load_scenarios()
+        entered = 0
+        for scenario in self.scenarios.values():
+            after = 0
+            while True:
+                candidates = await self.store.entry_candidates(
+                    scenario=scenario.name,
+                    list_name=scenario.entry.list_name,
+                    reentry_after=scenario.reentry.after if scenario.reentry.allowed else None,
+                    now=now,
+                    after_lead_id=after,
+                    limit=ENTRY_PAGE,
+                )
+                if not candidates:
+                    break
+                after = max(lead.id or 0 for lead in candidates)
+                where = scenario.entry.where
+                chosen = [
+                    lead.id
+                    for lead in candidates
+                    if lead.id is not None and (where is None or where.evaluate(lead, Engagement()))
+                ]
+                entered += await self.store.enroll(
+                    scenario=scenario.name, lead_ids=chosen, due_at=now + scenario.steps[0].wait, now=now
+                )
+        self.report.entered += entered
+        if entered:
+            log.info("%d leads entered scenarios", entered)
+        return entered
+
+    async def schedule_due(self, now: datetime) -> bool:
+        """Plan every due enrollment; returns whether there was any."""
+        any_due = False
+        while True:
+            due = await self.store.due_enrollments(now=now, limit=DUE_PAGE)
+            due = [d for d in due if d.scenario in self.scenarios]
+            if not due:
+                return any_due
+            any_due = True
+            engagement = await self.store.engagement([d.id for d in due])
+            updates = []
+            for enrollment in due:
+                scenario = self.scenarios[enrollment.scenario]
+                decision = plan(
+                    scenario,
+                    step_index=enrollment.step_index,
+                    lead=enrollment.lead,
+                    engagement=engagement[enrollment.id],
+                    suppressed=enrollment.suppressed,
+                    now=now,
+                )
+                updates.append(self._update(scenario, enrollment.id, enrollment.lead.id or 0, decision, now))
+            await self.store.apply_updates(updates, now=now)
+            self.report.queued += sum(1 for u in updates if u.message is not None)
+
+    def _update(self, scenario: Scenario, enrollment_id: int, lead_id: int, decision: Decision, now: datetime) -> EnrollmentUpdate:
+        action, index = decision.action, decision.step_index
+        common = {"enrollment_id": enrollment_id, "lead_id": lead_id, "scenario": scenario.name}
+        if action in ("exit", "complete"):
+            state = "exited" if action == "exit" else "completed"
+            return EnrollmentUpdate(**common, step_index=index, state=state, due_at=None, event=state, detail={"reason": decision.reason})
+        step = scenario.steps[index]
+        if action == "wait":
+            return EnrollmentUpdate(**common, step_index=index, state="active", due_at=decision.due_at, event="waiting", detail={"step": step.id, "until": decision.due_at.isoformat() if decision.due_at else None})
+        state = "active" if decision.due_at is not None else "completed"
+        if action == "skip":
+            return EnrollmentUpdate(**common, step_index=index + 1, state=state, due_at=decision.due_at, event="skipped", detail={"step": step.id, "reason": decision.reason})
+        identity = self._identity(scenario)
+        message = NewMessage(message_id=make_message_id(identity.message_id_domain), step_id=step.id, not_before=now)
+        return EnrollmentUpdate(**common, step_index=index + 1, state=state, due_at=decision.due_at, event="queued", detail={"step": step.id}, message=message)
+
+    def _identity(self, scenario: Scenario) -> IdentityConfig:
+        return self.config.identities[scenario.sender]
+
+    async def dispatch(self, now: datetime) -> bool:
+        """Claim due messages while the workers have room; returns whether any were claimed."""
+        room = self.config.delivery.batch_size - self._in_flight
+        if room < max(1, self.config.delivery.batch_size // 2) or self._stopping:
+            return False
+        claimed = await self.store.claim_messages(now=now, limit=room, lease=LEASE)
+        for message in claimed:
+            self._in_flight += 1
+            self._queue.put_nowait(message)
+        return bool(claimed)
+
+    # -- delivery ------------------------------------------------------------------------
+
+    async def _worker(self) -> None:
+        connection: SMTPConnection | None = None
+        try:
+            while not self._stopping:
+                try:
+                    message = await asyncio.wait_for(self._queue.get(), IDLE_CONNECTION_SECONDS)
+                except TimeoutError:
+                    if connection is not None:
+                        await connection.close()
+                        connection = None
+                    continue
+                if message is None:  # the drain's signal: nothing more will come
+                    break
+                if connection is None or not connection.usable:
+                    connection = self.transport.connection()
+                try:
+                    await self.deliver(message, connection)
+                finally:
+                    self._in_flight -= 1
+                    self._wake.set()
+                if connection.delivered >= self.config.delivery.messages_per_connection:
+                    await connection.close()
+                    connection = None
+        finally:
+            if connection is not None:
+                await connection.close()
+
+    async def deliver(self, message: ClaimedMessage, connection: SMTPConnection) -> Outcome:
+        """One attempt for one claimed message, its outcome queued for writing."""
+        try:
+            outcome, summary = await self._attempt(message, connection)
+        except Exception as error:  # a bug must not strand the message in `sending`
+            log.exception("unexpected error delivering %s", message.message_id)
+            await connection.discard()
+            reply = SMTPReply(None, f"internal error: {type(error).__name__}: {error}", command="BUILD")
+            outcome, summary = self._temporary(message, self.clock.now(), reply), ""
+        self._pending.append(outcome)
+        self.report.count(outcome.state)
+        if self.on_outcome is not None:
+            self.on_outcome(message, outcome, summary)
+        if len(self._pending) >= self.config.delivery.batch_size:
+            await self.flush()
+        return outcome
+
+    async def _attempt(self, message: ClaimedMessage, connection: SMTPConnection) -> tuple[Outcome, str]:
+        now = self.clock.now()
+        lead = message.lead
+        if message.suppressed:
+            return self._outcome(message, MessageState.SUPPRESSED, now, detail="address is suppressed"), ""
+        scenario = self.scenarios.get(message.scenario)
+        if scenario is None or message.step_id not in {s.id for s in scenario.steps}:
+            # The file is broken or gone for now: keep the message and try it later.
+            return self._temporary(message, now, SMTPReply(None, f"scenario {message.scenario!r} is not loaded", command="RENDER")), ""
+        step = scenario.steps[scenario.step_index(message.step_id)]
+        try:
+            composed = self.composer.compose(scenario, step, lead, message_id=message.message_id, now=now)
+        except (TemplateError, HeaderInjectionError, MailerError) as error:
+            log.error("message %s cannot be built: %s", message.message_id, error)
+            return self._outcome(message, MessageState.FAILED, now, detail=str(error)), ""
+        identity = self._identity(scenario)
+        envelope = Envelope(wire_address(identity.envelope_sender), wire_address(lead.email), composed.smtputf8)
+        reply = await connection.send(envelope, composed.wire)
+        subject = composed.parts.subject
+        now = self.clock.now()
+        if reply.verdict is Verdict.ACCEPTED:
+            return self._outcome(message, MessageState.SENT, now, reply=reply), subject
+        if reply.verdict is Verdict.PERMANENT:
+            return self._outcome(message, MessageState.FAILED, now, reply=reply), subject
+        return self._temporary(message, now, reply), subject
+
+    def _temporary(self, message: ClaimedMessage, now: datetime, reply: SMTPReply) -> Outcome:
+        retry_at = self.retry.next_attempt(
+            attempt=message.attempts + 1, first_attempt_at=message.created_at, now=now, rng=self.rng
+        )
+        if retry_at is None:
+            return self._outcome(message, MessageState.EXPIRED, now, reply=reply, detail="gave up after the maximum age")
+        return self._outcome(message, MessageState.DEFERRED, now, reply=reply, next_attempt_at=retry_at)
+
+    @staticmethod
+    def _outcome(message: ClaimedMessage, state: MessageState, at: datetime, **extra: object) -> Outcome:
+        return Outcome(message=message.id, lead_id=message.lead.id or 0, state=state, at=at, **extra)  # type: ignore[arg-type]
+
+    # -- writing outcomes ----------------------------------------------------------------
+
+    async def flush(self) -> None:
+        pending, self._pending = self._pending, []
+        if pending:
+            await self.store.record_outcomes(pending)
+
+    async def _flush_forever(self) -> None:
+        while True:
+            await asyncio.sleep(FLUSH_SECONDS)
+            await self.flush()
+
+    async def _drain(self, workers: Sequence[asyncio.Task[None]]) -> None:
+        """Finish transactions under way; hand back claims that never started."""
+        unstarted = []
+        while not self._queue.empty():
+            message = self._queue.get_nowait()
+            if message is not None:
+                unstarted.append(message)
+        self._in_flight -= len(unstarted)
+        await self.store.release([m.id for m in unstarted], now=self.clock.now())
+        for _ in workers:
+            self._queue.put_nowait(None)
+        await asyncio.gather(*workers, return_exceptions=True)

@@ -1,0 +1,119 @@
+"""`mailer demo`: a week of nurture in seconds, on nothing but the install.
+
+It makes a workspace with the example scenario, templates and sample leads, starts an
+embedded receiving SMTP server on loopback, writes a mailer.toml pointing at it, imports the
+leads and runs the real daemon on an accelerated clock, printing each message as it goes out
+and where the receiving server saved it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import tempfile
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from mailer.clock import AcceleratedClock
+from mailer.config import load_config
+from mailer.daemon import Daemon
+from mailer.examples_data import copy_examples
+from mailer.importing import read_with_progress
+from mailer.planner import lead_zone
+from mailer.sqlitestore import SQLiteStore
+from mailer.store import ClaimedMessage, Outcome
+from mailer.testing import CaptureServer
+
+DEMO_LIST = "trial-signups"
+
+DEMO_CONFIG = """\
+# Written by `mailer demo`: the embedded SMTP server on loopback and an accelerated clock.
+store = "mailer.db"
+scenarios = "scenarios"
+templates = "templates"
+secret_key_file = "mailer.key"
+
+[relay]
+host = "127.0.0.1"
+port = {port}
+
+[identities.default]
+from = "Northwind Analytics <hello@northwind.example>"
+reply_to = "Northwind Team <team@northwind.example>"
+return_path = "bounces@northwind.example"
+
+[clock]
+speed = {speed}
+
+[scheduler]
+poll_interval = "30m"
+entry_interval = "1h"
+"""
+
+
+async def run_demo(*, workspace: Path | None, days: float, seconds: float) -> int:
+    workspace = workspace or Path(tempfile.mkdtemp(prefix="mailer-demo-"))
+    workspace.mkdir(parents=True, exist_ok=True)
+    copy_examples(workspace)
+    key = workspace / "mailer.key"
+    if not key.exists():
+        key.write_text(secrets.token_urlsafe(48) + "\n")
+        os.chmod(key, 0o600)
+    inbox = workspace / "inbox"
+    speed = days * 86400 / seconds
+    print(f"workspace: {workspace}")
+    async with CaptureServer(save_to=inbox) as server:
+        (workspace / "mailer.toml").write_text(DEMO_CONFIG.format(port=server.port, speed=speed), encoding="utf-8")
+        config = load_config(workspace / "mailer.toml")
+        print(f"receiving SMTP server: 127.0.0.1:{server.port}, saving to {inbox}")
+        print(f"clock: {days:g} days in {seconds:g} seconds ({speed:,.0f}x)\n")
+
+        plan = read_with_progress(workspace / "leads.csv", source="demo", check_deliverability=False)
+        for rejection in plan.rejected:
+            print(f"  leads.csv:{rejection.line}: rejected {rejection.email!r}: {rejection.reason}")
+        async with SQLiteStore(config.store) as store:
+            counts = await store.upsert_leads(plan.leads, list_name=DEMO_LIST, now=datetime.now().astimezone())
+            print(f"imported {counts.created} leads into list {DEMO_LIST!r} ({len(plan.rejected)} row rejected)\n")
+
+            clock = AcceleratedClock(speed)
+            start = clock.now()
+
+            def show(message: ClaimedMessage, outcome: Outcome, subject: str) -> None:
+                lead = message.lead
+                day = (outcome.at - start) / timedelta(days=1)
+                local = outcome.at.astimezone(lead_zone(lead, daemon.scenarios[message.scenario]))
+                received = server.by_message_id.get(message.message_id)
+                where = f"\n      saved {received.path}" if received and received.path else ""
+                reply = f" ({outcome.reply})" if outcome.reply else ""
+                name = lead.display_name or lead.email
+                print(
+                    f"day {day:4.1f}  {local:%a %H:%M} {local.tzname():>5}  {outcome.state.value:<8} "
+                    f"{message.step_id:<11} → {name} <{lead.email}>\n      “{subject}”{reply}{where}"
+                )
+
+            daemon = Daemon(config=config, store=store, clock=clock, on_outcome=show)
+            stop = asyncio.Event()
+            watcher = asyncio.create_task(_stop_when_done(store, clock, start + timedelta(days=days), stop))
+            report = await daemon.serve(stop)
+            await watcher
+            enrollments = await store.enrollment_counts()
+    print(
+        f"\n{report.outcomes.get('sent', 0)} messages sent, {len(server.messages)} received; "
+        f"enrollments: {', '.join(f'{k} {v}' for k, v in sorted(enrollments.items()))}"
+    )
+    print(f"open the messages in {inbox} (any mail client reads .eml), or run")
+    print(f"  mailer --config {workspace / 'mailer.toml'} status")
+    return 0
+
+
+async def _stop_when_done(store: SQLiteStore, clock: AcceleratedClock, deadline: datetime, stop: asyncio.Event) -> None:
+    """Stop the daemon at the deadline, or once every enrollment and message is finished."""
+    while clock.now() < deadline:
+        await asyncio.sleep(0.2)
+        enrollments = await store.enrollment_counts()
+        messages = await store.message_counts()
+        pending = sum(messages.get(state, 0) for state in ("queued", "sending", "deferred"))
+        if enrollments and not enrollments.get("active") and not pending:
+            break
+    stop.set()

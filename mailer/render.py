@@ -1,0 +1,321 @@
+"""Templates to personalized subject, HTML and text: CSS inlined once per template version.
+
+Marketers write HTML templates with a `<style>` block and `{% extends %}` layouts. Mail
+clients ignore `<style>`, so CSS must be inlined, and premailer costs milliseconds a
+document: done per recipient it would dominate the whole send. So each template version is
+prepared once:
+
+1. *flatten*: resolve `{% extends %}`, `{% block %}` and `{% include %}` into one source,
+   every other Jinja construct passed through verbatim (wrapped in `{% raw %}` for a
+   structural-only render pass);
+2. *protect*: replace every remaining Jinja construct by an inert lowercase alphanumeric
+   sentinel that HTML parsers leave alone;
+3. *inline*: run premailer once on the protected document, then put the constructs back;
+4. *compile* the result in Jinja's sandbox. Per recipient only step 4's template runs.
+
+The same flattened source, converted to text with inscriptis (an HTML-to-text library), is
+the text template when the step has no `.txt` template of its own.
+
+The result equals per-message inlining as long as the CSS does not select on structure that
+only control flow creates (`:nth-child` over a loop's rows); `tests/test_render.py` proves
+the equality for every shipped template, and a construct that inlining would move or drop is
+refused with a TemplateError rather than sent wrong.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import secrets
+import traceback
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import premailer
+from inscriptis import get_text
+from inscriptis.css_profiles import CSS_PROFILES
+from inscriptis.model.config import ParserConfig
+from jinja2.sandbox import SandboxedEnvironment
+
+from mailer.errors import TemplateError
+
+# Tags whose effect is structural and resolved in the flatten pass; everything else waits
+# for the per-recipient render.
+_STRUCTURAL_TAGS = frozenset({"extends", "block", "endblock", "include"})
+_CONSTRUCT_BEGIN = {"variable_begin": "variable_end", "block_begin": "block_end", "comment_begin": "comment_end"}
+_TEXT_CONFIG = ParserConfig(css=CSS_PROFILES["relaxed"], display_links=True)
+
+
+@dataclass(frozen=True)
+class RenderedParts:
+    subject: str
+    html: str
+    text: str
+
+
+class CompiledStep:
+    """The per-recipient part of a step: three compiled templates, nothing else."""
+
+    def __init__(
+        self,
+        *,
+        subject: jinja2.Template,
+        html: jinja2.Template,
+        text: jinja2.Template,
+        template_name: str,
+        dependencies: Mapping[Path, float],
+    ) -> None:
+        self.subject = subject
+        self.html = html
+        self.text = text
+        self.template_name = template_name
+        self.dependencies = dict(dependencies)
+
+    def render(self, context: Mapping[str, Any]) -> RenderedParts:
+        return RenderedParts(
+            subject=self.subject.render(context).strip(),
+            html=self.html.render(context),
+            text=self.text.render(context),
+        )
+
+    def is_current(self) -> bool:
+        """Whether no file this step was compiled from has changed since."""
+        for path, mtime in self.dependencies.items():
+            try:
+                if path.stat().st_mtime != mtime:
+                    return False
+            except OSError:
+                return False
+        return True
+
+
+class Renderer:
+    """Compiles steps from a templates directory and caches them per template version."""
+
+    def __init__(self, templates_dir: Path) -> None:
+        self.templates_dir = templates_dir
+        loader = jinja2.FileSystemLoader(str(templates_dir))
+        common: dict[str, Any] = {"undefined": jinja2.StrictUndefined, "loader": loader}
+        self.html_env = SandboxedEnvironment(autoescape=True, **common)
+        self.text_env = SandboxedEnvironment(
+            autoescape=False, trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True, **common
+        )
+        self._cache: dict[tuple[str, str | None, str], CompiledStep] = {}
+
+    def step(self, *, subject: str, template: str, text_template: str | None) -> CompiledStep:
+        """The compiled step, prepared once per version of its files."""
+        key = (template, text_template, subject)
+        compiled = self._cache.get(key)
+        if compiled is None or not compiled.is_current():
+            compiled = self._compile(subject=subject, template=template, text_template=text_template)
+            self._cache[key] = compiled
+        return compiled
+
+    def _compile(self, *, subject: str, template: str, text_template: str | None) -> CompiledStep:
+        dependencies: dict[Path, float] = {}
+        # Compile the originals first: their syntax errors carry the author's file and line.
+        self._load(self.html_env, template, dependencies)
+        flat = _Flattener(self.templates_dir, dependencies).flatten(template)
+        nonce = _fresh_nonce(flat)
+        protected, constructs = _protect(self.html_env, flat, nonce, template)
+        inlined = _restore(_inline_css(protected), constructs, nonce, template, strict=True)
+        html = self._from_string(self.html_env, inlined, template)
+        if text_template is not None:
+            text = self._load(self.text_env, text_template, dependencies)
+        else:
+            derived = _restore(get_text(protected, _TEXT_CONFIG), constructs, nonce, template, strict=False)
+            text = self._from_string(self.text_env, derived, template + " (derived text)")
+        subject_template = self._from_string(self.text_env, subject, "subject")
+        return CompiledStep(
+            subject=subject_template,
+            html=html,
+            text=text,
+            template_name=template,
+            dependencies=dependencies,
+        )
+
+    def _load(self, env: jinja2.Environment, name: str, dependencies: dict[Path, float]) -> jinja2.Template:
+        try:
+            loaded = env.get_template(name)
+        except jinja2.TemplateNotFound as error:
+            raise TemplateError(
+                f"template {error.name!r} not found",
+                file=str(self.templates_dir / name),
+                hint=f"put it in {self.templates_dir}",
+            ) from None
+        except jinja2.TemplateSyntaxError as error:
+            raise TemplateError(
+                error.message or "syntax error",
+                file=error.filename or str(self.templates_dir / name),
+                line=error.lineno,
+                hint="fix the Jinja syntax",
+            ) from None
+        if loaded.filename:
+            dependencies[Path(loaded.filename)] = os.stat(loaded.filename).st_mtime
+        return loaded
+
+    def _from_string(self, env: jinja2.Environment, source: str, name: str) -> jinja2.Template:
+        try:
+            return env.from_string(source)
+        except jinja2.TemplateSyntaxError as error:
+            raise TemplateError(
+                error.message or "syntax error",
+                file=name,
+                line=error.lineno if name == "subject" else None,
+                hint="fix the Jinja syntax" if name == "subject" else f"write a .txt template for {name}",
+            ) from None
+
+
+def render_error(error: Exception, *, template: str) -> TemplateError:
+    """Turn an exception raised while rendering into a TemplateError with the template line."""
+    file, line = template, None
+    for frame, lineno in traceback.walk_tb(error.__traceback__):
+        filename = frame.f_code.co_filename
+        if filename.endswith((".html", ".txt", ".htm")) or filename == "<template>":
+            file, line = filename, lineno
+    problem = str(error) if isinstance(error, jinja2.TemplateError) else f"{type(error).__name__}: {error}"
+    return TemplateError(problem, file=file, line=line, hint="check the variable names against the lead's fields and attributes")
+
+
+class _Flattener:
+    """Resolves template inheritance and includes into one source (see the module docstring)."""
+
+    def __init__(self, templates_dir: Path, dependencies: dict[Path, float]) -> None:
+        self.dependencies = dependencies
+        self.lexer_env = jinja2.Environment()
+        outer = self
+
+        class WrappingLoader(jinja2.FileSystemLoader):
+            def get_source(self, environment: jinja2.Environment, template: str) -> tuple[str, str | None, Any]:
+                source, filename, uptodate = super().get_source(environment, template)
+                if filename:
+                    outer.dependencies[Path(filename)] = os.stat(filename).st_mtime
+                return outer.wrap(source, template), filename, uptodate
+
+        # Sandboxed even though only extends/block/include run here: the flatten pass
+        # evaluates the names in `{% extends %}` and `{% include %}`.
+        self.env = SandboxedEnvironment(loader=WrappingLoader(str(templates_dir)), autoescape=False)
+
+    def flatten(self, name: str) -> str:
+        try:
+            return self.env.get_template(name).render()
+        except jinja2.TemplateError as error:
+            raise TemplateError(
+                f"cannot resolve layouts: {error}", file=name, hint="extends and include take a quoted template name"
+            ) from None
+
+    def wrap(self, source: str, name: str) -> str:
+        """Pass every non-structural construct through the flatten render verbatim."""
+        out: list[str] = []
+        for kind, text, tag in _constructs(self.lexer_env, source, name):
+            if kind == "data":
+                out.append(text)
+            elif kind == "comment":
+                continue
+            elif kind == "raw":
+                # Keep the author's literal block literal for the second pass too.
+                out.append("{% raw %}{% raw %}" + text + "{% endraw %}{{ '{% endraw %}' }}")
+            elif tag in _STRUCTURAL_TAGS or (kind == "variable" and tag == "super"):
+                out.append(text)
+            else:
+                out.append("{% raw %}" + text + "{% endraw %}")
+        return "".join(out)
+
+
+def _constructs(env: jinja2.Environment, source: str, name: str) -> list[tuple[str, str, str]]:
+    """Split a template into (kind, source text, first name) pieces: data or one construct."""
+    pieces: list[tuple[str, str, str]] = []
+    current: list[str] = []
+    kind = ""
+    tag = ""
+    end = ""
+    try:
+        tokens = list(env.lex(source, name))
+    except jinja2.TemplateSyntaxError as error:
+        raise TemplateError(error.message or "syntax error", file=name, line=error.lineno) from None
+    for _, token, value in tokens:
+        if not current:
+            if token == "data":
+                pieces.append(("data", value, ""))
+                continue
+            if token == "raw_begin":
+                kind, end, tag = "raw", "raw_end", "raw"
+                current.append("")  # the raw block's own tags are re-made by the caller
+                continue
+            kind = token.removesuffix("_begin")
+            end = _CONSTRUCT_BEGIN[token]
+            tag = ""
+            current.append(value)
+            continue
+        if kind == "raw":
+            if token == "raw_end":
+                pieces.append(("raw", "".join(current), "raw"))
+                current = []
+            else:
+                current.append(value)
+            continue
+        current.append(value)
+        if token == "name" and not tag:
+            tag = value
+        if token == end:
+            pieces.append((kind, "".join(current), tag))
+            current = []
+    return pieces
+
+
+def _fresh_nonce(source: str) -> str:
+    while True:
+        nonce = secrets.token_hex(4)
+        if nonce not in source:
+            return nonce
+
+
+def _protect(env: jinja2.Environment, flat: str, nonce: str, name: str) -> tuple[str, list[str]]:
+    """Replace each Jinja construct by a sentinel `zq<nonce>q<index>z`."""
+    out: list[str] = []
+    constructs: list[str] = []
+    for kind, text, _ in _constructs(env, flat, name):
+        if kind == "data":
+            out.append(text)
+            continue
+        if kind == "raw":
+            text = "{% raw %}" + text + "{% endraw %}"
+        out.append(f"zq{nonce}q{len(constructs)}z")
+        constructs.append(text)
+    return "".join(out), constructs
+
+
+def _restore(document: str, constructs: list[str], nonce: str, name: str, *, strict: bool) -> str:
+    """Put the constructs back; in strict mode each must come back once and in order."""
+    pattern = re.compile(rf"zq{nonce}q(\d+)z", re.IGNORECASE)
+    seen = [int(m.group(1)) for m in pattern.finditer(document)]
+    if strict and seen != list(range(len(constructs))):
+        missing = sorted(set(range(len(constructs))) - set(seen))
+        culprit = constructs[missing[0]] if missing else "a construct"
+        raise TemplateError(
+            f"CSS inlining would move or drop {culprit!r}",
+            file=name,
+            hint="keep Jinja out of <style> and style attributes, and inside elements that may hold text",
+        )
+    return pattern.sub(lambda m: constructs[int(m.group(1))], document)
+
+
+def _inline_css(document: str) -> str:
+    return str(
+        premailer.Premailer(
+            document,
+            allow_network=False,  # never fetch <link> stylesheets named by a template
+            disable_validation=True,
+            remove_classes=False,
+            cssutils_logging_level=logging.CRITICAL,
+        ).transform()
+    )
+
+
+def inline_css(document: str) -> str:
+    """Inline one rendered document's CSS: the per-message way, kept for tests and benchmarks."""
+    return _inline_css(document)

@@ -1,0 +1,139 @@
+"""`mailer validate` and `mailer preview`: catch a marketer's mistakes before anything is sent.
+
+Validation loads every scenario, compiles every step (CSS inlining included) and renders it
+against sample leads with strict undefined variables, so `{{ lead.frist_name }}` is an error
+with its template file and line, not a blank in ten thousand inboxes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime, timezone
+from pathlib import Path
+
+from mailer.compose import Composer, context_for
+from mailer.config import Config
+from mailer.csvimport import normalize_email, read_leads_csv
+from mailer.errors import HeaderInjectionError, ScenarioError, TemplateError, UserError
+from mailer.examples_data import examples
+from mailer.leads import Lead
+from mailer.mime import make_message_id
+from mailer.render import Renderer, render_error
+from mailer.scenario import Scenario, Step, load_scenario, load_scenarios
+from mailer.sqlitestore import SQLiteStore
+
+SAMPLE_SIZE = 20
+
+
+def validate(config: Config, *, path: Path | None, leads_csv: Path | None) -> tuple[list[UserError], str]:
+    """Every problem found, and a one-line summary."""
+    scenarios, problems = _load(config, path)
+    leads = sample_leads(config, leads_csv)
+    renderer = Renderer(config.templates)
+    composer = Composer(renderer, config.identities)
+    steps = 0
+    for scenario in scenarios:
+        for step in scenario.steps:
+            steps += 1
+            problem = _check_step(renderer, composer, scenario, step, leads)
+            if problem is not None:
+                problems.append(problem)
+    summary = (
+        f"{len(scenarios)} scenarios, {steps} steps rendered against {len(leads)} sample leads: "
+        + (f"{len(problems)} problems" if problems else "all good")
+    )
+    return problems, summary
+
+
+def _load(config: Config, path: Path | None) -> tuple[list[Scenario], list[UserError]]:
+    where = path or config.scenarios
+    options = {"identities": config.identities, "templates_dir": config.templates}
+    if where.is_file():
+        try:
+            return [load_scenario(where, **options)], []
+        except ScenarioError as error:
+            return [], [error]
+    if not where.is_dir():
+        raise ScenarioError("no such file or directory", file=str(where), hint="name a scenario file or the scenarios folder")
+    scenarios, errors = load_scenarios(where, **options)
+    return scenarios, list(errors)
+
+
+def _check_step(renderer: Renderer, composer: Composer, scenario: Scenario, step: Step, leads: list[Lead]) -> UserError | None:
+    try:
+        renderer.step(subject=step.subject, template=step.template, text_template=step.text_template)
+    except TemplateError as error:
+        return error
+    originals = [(renderer.html_env, step.template)]
+    if step.text_template:
+        originals.append((renderer.text_env, step.text_template))
+    now = datetime.now(timezone.utc)
+    for lead in leads:
+        context = context_for(lead, scenario, step)
+        # The originals, not the inlined copies, so errors name the author's file and line.
+        for env, name in originals:
+            try:
+                env.get_template(name).render(context)
+            except Exception as error:
+                return render_error(error, template=name)
+        try:
+            composer.compose(scenario, step, lead, message_id=make_message_id("validate.invalid"), now=now)
+        except TemplateError as error:
+            # The templates rendered above, so what failed here is the subject.
+            return TemplateError(error.problem, file=scenario.file, line=step.line, field=f"steps.{step.id}.subject", hint=error.hint)
+        except HeaderInjectionError as error:
+            return TemplateError(
+                f"renders a {error.header} with a line break for {lead.email}",
+                file=scenario.file,
+                line=step.line,
+                field=f"steps.{step.id}.subject",
+                hint="keep the subject on one line",
+            )
+    return None
+
+
+def sample_leads(config: Config, leads_csv: Path | None) -> list[Lead]:
+    """Leads to render against: the given CSV, else the store's leads, else the examples."""
+    if leads_csv is not None:
+        return list(read_leads_csv(leads_csv).leads[:SAMPLE_SIZE])
+    if config.store.exists():
+
+        async def from_store() -> list[Lead]:
+            async with SQLiteStore(config.store) as store:
+                return await store.sample_leads(SAMPLE_SIZE)
+
+        stored = asyncio.run(from_store())
+        if stored:
+            return stored
+    return list(read_leads_csv(examples().leads_csv).leads)
+
+
+async def preview(config: Config, *, scenario_name: str, step_id: str, email: str, out: Path) -> list[Path]:
+    """Write the message `step_id` of `scenario_name` would send to `email`, as .eml and .html."""
+    scenarios, errors = load_scenarios(config.scenarios, identities=config.identities, templates_dir=config.templates)
+    by_name = {s.name: s for s in scenarios}
+    if scenario_name not in by_name:
+        broken = [e for e in errors if scenario_name in str(e)]
+        if broken:
+            raise broken[0]
+        raise ScenarioError(f"no scenario named {scenario_name!r}", file=str(config.scenarios), hint="known: " + ", ".join(sorted(by_name)) if by_name else None)
+    scenario = by_name[scenario_name]
+    if step_id not in {s.id for s in scenario.steps}:
+        raise ScenarioError(f"no step {step_id!r}", file=scenario.file, field="steps", hint="steps: " + ", ".join(s.id for s in scenario.steps))
+    step = scenario.steps[scenario.step_index(step_id)]
+
+    lead = None
+    if config.store.exists():
+        async with SQLiteStore(config.store) as store:
+            lead = await store.get_lead(normalize_email(email))
+    if lead is None:
+        raise UserError(f"no lead {email!r} in {config.store}", field="--lead", hint="import it with `mailer leads import`")
+    composer = Composer(Renderer(config.templates), config.identities)
+    composed = composer.compose(scenario, step, lead, message_id=make_message_id(config.identities[scenario.sender].message_id_domain), now=datetime.now(timezone.utc))
+    out.mkdir(parents=True, exist_ok=True)
+    stem = f"{scenario.name}-{step.id}-{lead.email.replace('@', '_at_')}"
+    eml = out / f"{stem}.eml"
+    html = out / f"{stem}.html"
+    eml.write_bytes(composed.wire)
+    html.write_text(composed.parts.html, encoding="utf-8")
+    return [eml, html]
