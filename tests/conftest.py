@@ -1,0 +1,91 @@
+"""Shared fixtures: a workspace with scenario files and templates, a capture SMTP server."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from mailer.config import Config, parse_config
+from mailer.leads import Lead
+from mailer.testing import CaptureServer
+
+LAYOUT = """<!DOCTYPE html>
+<html><head><style>
+  p { color: #333333; }
+  .cta { background-color: #2f6fed; color: #ffffff; }
+</style></head>
+<body>{% block content %}{% endblock %}</body></html>
+"""
+
+STEP = """{% extends "layout.html" %}
+{% block content %}<p>Hello {{ lead.first_name }} from {{ lead.company }}, this is STEPNAME.</p>
+<p><a class="cta" href="https://example.com/STEPNAME?who={{ lead.email | urlencode }}">Go</a></p>{% endblock %}
+"""
+
+THREE_STEPS = """
+name: three-steps
+sender: default
+entry:
+  list: signups
+timezone: UTC
+send_window:
+  days: weekdays
+  hours: "09:00-17:00"
+steps:
+  - id: one
+    wait: 0m
+    subject: "One for {{ lead.first_name }}"
+    template: one.html
+  - id: two
+    wait: 2d
+    subject: "Two for {{ lead.first_name }}"
+    template: two.html
+  - id: three
+    wait: 3d
+    subject: "Three for {{ lead.first_name }}"
+    template: three.html
+"""
+
+
+def write_workspace(root: Path, scenario: str = THREE_STEPS) -> None:
+    (root / "scenarios").mkdir(parents=True, exist_ok=True)
+    (root / "templates").mkdir(parents=True, exist_ok=True)
+    (root / "scenarios" / "main.yaml").write_text(scenario, encoding="utf-8")
+    (root / "templates" / "layout.html").write_text(LAYOUT, encoding="utf-8")
+    for name in ("one", "two", "three"):
+        (root / "templates" / f"{name}.html").write_text(STEP.replace("STEPNAME", name), encoding="utf-8")
+
+
+def make_config(root: Path, port: int, **sections: dict[str, object]) -> Config:
+    raw: dict[str, object] = {
+        "relay": {"host": "127.0.0.1", "port": port, "tls": "none"},
+        "identities": {"default": {"from": "Acme Marketing <news@acme.example>", "return_path": "bounces@acme.example"}},
+        "timeouts": {"connect": 5, "mail": 5, "rcpt": 5, "data": 5},
+        "delivery": {"concurrency": 4},
+    }
+    raw.update(sections)
+    return parse_config(raw, path=root / "mailer.toml")
+
+
+def make_leads(count: int) -> list[Lead]:
+    names = [("太郎", "山田"), ("Alice", "Nguyen"), ("Zoë", "Müller"), ("Bob", "O'Hara")]
+    leads = []
+    for number in range(count):
+        first, last = names[number % len(names)]
+        leads.append(
+            Lead(
+                email=f"lead{number:03d}@example.com",
+                first_name=f"{first}{number}",
+                last_name=last,
+                company=f"Company {number}",
+            )
+        )
+    return leads
+
+
+@pytest.fixture
+async def smtp_server(tmp_path: Path) -> AsyncIterator[CaptureServer]:
+    async with CaptureServer(save_to=tmp_path / "inbox") as server:
+        yield server

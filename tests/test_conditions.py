@@ -1,0 +1,273 @@
+"""Tests for mailer.conditions: the condition language of steps, goals and entry rules."""
+
+from __future__ import annotations
+
+from types import MappingProxyType
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from mailer.conditions import (
+    OPERATORS, AllOf, AnyOf, AttributeTest, Condition, Engagement, EngagementTest, Not, parse_condition,
+)
+from mailer.errors import ScenarioError
+from mailer.leads import Lead
+from mailer.yamlfile import parse_yaml
+
+NOBODY = Engagement()
+
+
+def lead(**attributes: Any) -> Lead:
+    return Lead(email="ada@example.com", attributes=MappingProxyType(attributes))
+
+
+def condition(text: str) -> Condition:
+    return parse_condition(parse_yaml(f"c: {text}\n", file="s.yaml")["c"], file="s.yaml", field="c")
+
+
+def holds(text: str, subject: Lead, engagement: Engagement = NOBODY) -> bool:
+    return condition(text).evaluate(subject, engagement)
+
+
+# Compiling
+
+
+def test_parse_builds_the_tree() -> None:
+    """A nested condition compiles into the matching dataclasses."""
+    parsed = condition("{all: [{attribute: industry, equals: SaaS}, {not: {opened: welcome}}, {any: []}]}")
+    assert parsed == AllOf((
+        AttributeTest("industry", "equals", "SaaS"),
+        Not(EngagementTest("opened", "welcome")),
+        AnyOf(()),
+    ))
+
+
+def test_shorthand_means_all_equal() -> None:
+    """`attribute: {NAME: VALUE, ...}` is every attribute equal (a list means one of)."""
+    assert condition("{attribute: {industry: SaaS, country: [JP, US]}}") == AllOf((
+        AttributeTest("industry", "equals", "SaaS"),
+        AttributeTest("country", "in", ("JP", "US")),
+    ))
+    assert condition("{attribute: {industry: SaaS}}") == AttributeTest("industry", "equals", "SaaS")
+
+
+def test_dates_are_compared_as_iso_text() -> None:
+    """A YAML date value compiles to its ISO text, the way leads store dates."""
+    assert condition("{attribute: signup, equals: 2024-04-01}") == AttributeTest("signup", "equals", "2024-04-01")
+
+
+def test_step_refs_collects_named_steps() -> None:
+    """step_refs lists each step id named anywhere in the tree, but not `any`."""
+    parsed = condition("{any: [{opened: a}, {not: {clicked: b}}, {sent: a}, {clicked: any}, {attribute: x, exists: true}]}")
+    assert parsed.step_refs() == frozenset({"a", "b"})
+    assert [test.line for test in parsed.engagement_tests()] == [1, 1, 1, 1]
+
+
+def test_numeric_step_ids_read_as_text() -> None:
+    """`opened: 1` refers to the step whose id is "1"."""
+    assert condition("{opened: 1}") == EngagementTest("opened", "1")
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "field", "problem", "hint"),
+    [
+        ("c:\n  attribute: industry\n  equal: SaaS\n", 3, "c.equal", "unknown operator 'equal'", "did you mean 'equals'?"),
+        ("c:\n  attribute: industry\n", 2, "c", "attribute test has no operator", "add one of: " + ", ".join(OPERATORS)),
+        ("c:\n  attribute: n\n  gt: 1\n  lt: 5\n", 4, "c.lt", "one attribute test holds two operators (gt, lt)", "combine two tests with all: [...]"),
+        ("c:\n  attribute: n\n  gt: many\n", 3, "c.gt", "gt needs a number, not 'many'", "e.g. gt: 100"),
+        ("c:\n  attribute: n\n  in: JP\n", 3, "c.in", "in needs a list, not text", "e.g. in: [JP, US]"),
+        ("c:\n  attribute: n\n  exists: maybe\n", 3, "c.exists", "exists needs true or false, not text", "e.g. exists: true"),
+        ("c:\n  attribute: n\n  equals:\n", 3, "c.equals", "equals needs a value, not nothing", "to test for a missing value use exists: false"),
+        ("c:\n  attribute: n\n  contains: yes\n", 3, "c.contains", "contains needs text, not true/false", "e.g. contains: manager"),
+        ("c:\n  attribute: [a]\n  equals: 1\n", 2, "c.attribute", "attribute needs a name, not a list", "e.g. attribute: industry"),
+        ("c:\n  attribute: {a: 1}\n  equals: 1\n", 2, "c.attribute", "the shorthand `attribute: {NAME: VALUE}` takes no operator", None),
+        ("c:\n  opend: welcome\n", 2, "c.opend", "unknown condition 'opend'", "did you mean 'opened'?"),
+        ("c:\n  equals: 1\n", 2, "c.equals", "unknown condition 'equals'", "equals needs `attribute: NAME` beside it"),
+        ("c:\n  opened: a\n  clicked: b\n", 3, "c.clicked", "'opened' and 'clicked' cannot share a condition", "combine them with all: [...] or any: [...]"),
+        ("c:\n  all: {opened: a}\n", 2, "c.all", "all needs a list of conditions, not a mapping", None),
+        ("c:\n  all:\n    - opened: a\n    - welcome\n", 4, "c.all[1]", "must be a condition, not text", None),
+        ("c:\n  not: welcome\n", 2, "c.not", "must be a condition, not text", None),
+        ("c:\n  clicked: [a]\n", 2, "c.clicked", "clicked needs a step id or `any`, not a list", "e.g. clicked: welcome"),
+        ("c: {}\n", 1, "c", "must be a condition, not a mapping", None),
+    ],
+)
+def test_parse_errors_name_line_field_and_hint(
+    text: str, line: int, field: str, problem: str, hint: str | None
+) -> None:
+    """Each kind of mistake is reported on its line, with its dotted field and a hint."""
+    node = parse_yaml(text, file="s.yaml")["c"]
+    with pytest.raises(ScenarioError) as caught:
+        parse_condition(node, file="s.yaml", field="c")
+    error = caught.value
+    assert (error.file, error.line, error.field, error.problem) == ("s.yaml", line, field, problem)
+    assert error.hint
+    if hint is not None:
+        assert error.hint == hint
+
+
+# Evaluating
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("{attribute: industry, equals: saas}", True),
+        ("{attribute: industry, equals: ' SaaS '}", True),
+        ("{attribute: industry, not_equals: SaaS}", False),
+        ("{attribute: employees, equals: 250}", True),
+        ("{attribute: employees, equals: '250.0'}", True),
+        ("{attribute: employees, gt: 100}", True),
+        ("{attribute: employees, gte: 250}", True),
+        ("{attribute: employees, lt: '1e3'}", True),
+        ("{attribute: employees, lte: 249}", False),
+        ("{attribute: industry, gt: 1}", False),
+        ("{attribute: country, in: [jp, us]}", True),
+        ("{attribute: country, not_in: [JP]}", False),
+        ("{attribute: job_title, contains: MANAGER}", True),
+        ("{attribute: company, contains: example}", True),
+        ("{attribute: stage, equals: mql}", True),
+        ("{attribute: tags, contains: beta}", True),
+        ("{attribute: tags, contains: bet}", False),
+        ("{attribute: newsletter, equals: true}", True),
+        ("{attribute: industry, exists: true}", True),
+        ("{attribute: blank, exists: false}", True),
+        ("{attribute: unknown, exists: false}", True),
+        ("{attribute: last_name, exists: false}", True),
+        ("{attribute: unknown, equals: ''}", False),
+        ("{attribute: unknown, not_equals: SaaS}", True),
+        ("{attribute: unknown, gt: 0}", False),
+        ("{attribute: unknown, not_in: [a]}", True),
+        ("{attribute: {industry: saas, country: JP}}", True),
+        ("{attribute: {industry: saas, country: US}}", False),
+    ],
+)
+def test_attribute_tests(text: str, expected: bool) -> None:
+    """Text compares without case, numeric text as numbers, and blank values are absent."""
+    subject = Lead(
+        email="ada@example.com",
+        job_title="Marketing Manager",
+        company="Example KK",
+        stage="MQL",
+        attributes=MappingProxyType(
+            {"industry": "SaaS", "employees": "250", "country": "JP", "tags": ["Beta", "vip"], "newsletter": "True",
+             "blank": "  "}
+        ),
+    )
+    assert holds(text, subject) is expected
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("{sent: welcome}", True),
+        ("{sent: tips}", False),
+        ("{opened: welcome}", True),
+        ("{opened: tips}", True),  # clicked without a recorded open
+        ("{clicked: welcome}", False),
+        ("{clicked: tips}", True),
+        ("{opened: any}", True),
+        ("{clicked: any}", True),
+    ],
+)
+def test_engagement_tests(text: str, expected: bool) -> None:
+    """sent/opened/clicked look at the scenario's engagement, and a click counts as an open."""
+    engagement = Engagement(sent=frozenset({"welcome"}), opened=frozenset({"welcome"}), clicked=frozenset({"tips"}))
+    assert holds(text, lead(), engagement) is expected
+
+
+def test_any_engagement_is_false_before_anything_happened() -> None:
+    """`opened: any` is false while nothing has been opened."""
+    assert not holds("{opened: any}", lead(), Engagement(sent=frozenset({"welcome"})))
+
+
+# Properties
+
+names = st.sampled_from(["industry", "employees", "country", "company", "stage", "missing"])
+scalars = st.one_of(st.sampled_from(["SaaS", "saas", "JP", "250", "1e2", "", "Example"]), st.integers(-5, 300), st.booleans())
+attribute_tests = st.one_of(
+    st.builds(AttributeTest, names, st.sampled_from(["equals", "not_equals"]), scalars),
+    st.builds(AttributeTest, names, st.just("contains"), st.sampled_from(["S", "a", "2", "Ex"])),
+    st.builds(AttributeTest, names, st.sampled_from(["in", "not_in"]), st.lists(scalars, max_size=3).map(tuple)),
+    st.builds(AttributeTest, names, st.sampled_from(["gt", "gte", "lt", "lte"]), st.integers(-5, 300)),
+    st.builds(AttributeTest, names, st.just("exists"), st.booleans()),
+)
+engagement_tests = st.builds(
+    EngagementTest, st.sampled_from(["sent", "opened", "clicked"]), st.sampled_from(["a", "b", None])
+)
+conditions: st.SearchStrategy[Condition] = st.recursive(
+    attribute_tests | engagement_tests,
+    lambda children: st.one_of(
+        st.builds(Not, children),
+        st.lists(children, max_size=3).map(lambda parts: AllOf(tuple(parts))),
+        st.lists(children, max_size=3).map(lambda parts: AnyOf(tuple(parts))),
+    ),
+    max_leaves=8,
+)
+values = st.one_of(st.none(), scalars, st.text(max_size=5), st.floats(allow_nan=True))
+leads = st.builds(
+    lambda attributes, company, stage: Lead(
+        email="x@example.com", company=company, stage=stage, attributes=MappingProxyType(attributes)
+    ),
+    st.dictionaries(names, values, max_size=4),
+    st.sampled_from(["", "Example", "SaaS"]),
+    st.sampled_from(["lead", "MQL"]),
+)
+step_sets = st.frozensets(st.sampled_from(["a", "b", "c"]))
+engagements = st.builds(Engagement, step_sets, step_sets, step_sets)
+
+
+@given(conditions, leads, engagements)
+def test_not_inverts(tested: Condition, subject: Lead, engagement: Engagement) -> None:
+    """`not` is true exactly when its condition is false."""
+    assert Not(tested).evaluate(subject, engagement) is not tested.evaluate(subject, engagement)
+
+
+@given(leads, engagements)
+def test_empty_all_is_true_and_empty_any_is_false(subject: Lead, engagement: Engagement) -> None:
+    """all of nothing holds and any of nothing does not."""
+    assert AllOf(()).evaluate(subject, engagement) and not AnyOf(()).evaluate(subject, engagement)
+
+
+@given(st.lists(conditions, max_size=4), leads, engagements)
+def test_de_morgan(parts: list[Condition], subject: Lead, engagement: Engagement) -> None:
+    """not all(x) is any(not x), and not any(x) is all(not x)."""
+    negated = tuple(Not(part) for part in parts)
+    assert Not(AllOf(tuple(parts))).evaluate(subject, engagement) == AnyOf(negated).evaluate(subject, engagement)
+    assert Not(AnyOf(tuple(parts))).evaluate(subject, engagement) == AllOf(negated).evaluate(subject, engagement)
+
+
+@given(names, values, st.sampled_from(["equals", "in", "exists"]), scalars)
+def test_negated_operators_are_complements(name: str, value: object, op: str, expected: object) -> None:
+    """not_equals and not_in are exactly the negation of equals and in, also for absent values."""
+    subject = Lead(email="x@example.com", attributes=MappingProxyType({name: value}))
+    if op == "exists":
+        assert AttributeTest(name, "exists", True).evaluate(subject, NOBODY) is not AttributeTest(
+            name, "exists", False).evaluate(subject, NOBODY)
+        return
+    pair = (expected,) if op == "in" else expected
+    positive = AttributeTest(name, op, pair).evaluate(subject, NOBODY)  # type: ignore[arg-type]
+    assert AttributeTest(name, f"not_{op}", pair).evaluate(subject, NOBODY) is not positive  # type: ignore[arg-type]
+
+
+yaml_nodes = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=6) | st.sampled_from(["any", "a", "industry"]),
+    lambda children: st.lists(children, max_size=3)
+    | st.dictionaries(
+        st.sampled_from([*OPERATORS, "all", "any", "not", "attribute", "opened", "clicked", "sent", "bogus"]),
+        children, max_size=3,
+    ),
+    max_leaves=10,
+)
+
+
+@given(yaml_nodes)
+def test_parse_only_raises_scenario_errors(node: object) -> None:
+    """Any YAML-shaped value either compiles or raises ScenarioError."""
+    try:
+        compiled = parse_condition(node, file="s.yaml", field="c")
+    except ScenarioError as error:
+        assert error.field is not None and error.field.startswith("c")
+    else:
+        compiled.evaluate(lead(), NOBODY)

@@ -1,0 +1,177 @@
+"""The real daemon against a real aiosmtpd server and a real SQLite file, on a fake clock."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from email.message import EmailMessage
+from email.utils import parsedate_to_datetime
+from pathlib import Path
+
+import pytest
+
+from conftest import make_config, make_leads, write_workspace
+from mailer.clock import FakeClock
+from mailer.daemon import Daemon
+from mailer.sqlitestore import SQLiteStore
+from mailer.testing import CaptureServer
+
+MONDAY_8AM = datetime(2026, 1, 5, 8, 0, tzinfo=timezone.utc)
+
+
+@dataclass
+class Running:
+    daemon: Daemon
+    store: SQLiteStore
+    clock: FakeClock
+    server: CaptureServer
+    stop: asyncio.Event
+    task: asyncio.Task[object]
+
+    async def settle(self) -> None:
+        """Give the daemon real time to act on what is due now."""
+        for _ in range(3):
+            await asyncio.sleep(0.15)
+            await self.daemon.flush()
+
+
+@pytest.fixture
+async def running(tmp_path: Path, smtp_server: CaptureServer) -> AsyncIterator[Running]:
+    write_workspace(tmp_path)
+    config = make_config(tmp_path, smtp_server.port)
+    async with SQLiteStore(config.store) as store:
+        await store.upsert_leads(make_leads(50), list_name="signups", now=MONDAY_8AM)
+        clock = FakeClock(MONDAY_8AM)
+        daemon = Daemon(config=config, store=store, clock=clock)
+        stop = asyncio.Event()
+        task: asyncio.Task[object] = asyncio.create_task(daemon.serve(stop))
+        yield Running(daemon, store, clock, smtp_server, stop, task)
+        stop.set()
+        await asyncio.wait_for(task, 10)
+
+
+def _date(message: EmailMessage) -> datetime:
+    return parsedate_to_datetime(str(message["Date"]))
+
+
+async def test_three_steps_arrive_step_by_step_with_waits_and_windows(running: Running) -> None:
+    """Fifty leads get three personalized steps, each after its wait and inside the window."""
+    await running.settle()
+    assert running.server.messages == [], "08:00 is before the 09:00 window opens"
+
+    await running.clock.advance(hours=1)
+    first = await running.server.wait_for(50)
+    assert {str(m.parsed()["Subject"]).split()[0] for m in first} == {"One"}
+
+    await running.clock.advance(days=1, hours=23)  # Wednesday 08:00: step two not due until 09:00
+    await running.settle()
+    assert len(running.server.messages) == 50
+    await running.clock.advance(hours=1)
+    await running.server.wait_for(100)
+
+    await running.clock.advance(days=3)  # Saturday 09:00: due, but the window is weekdays only
+    await running.settle()
+    assert len(running.server.messages) == 100
+    await running.clock.advance(days=2)  # Monday 09:00
+    received = await running.server.wait_for(150)
+
+    by_step: dict[str, list[EmailMessage]] = {}
+    for item in received:
+        message = item.parsed()
+        by_step.setdefault(str(message["Subject"]).split()[0], []).append(message)
+    assert {k: len(v) for k, v in by_step.items()} == {"One": 50, "Two": 50, "Three": 50}
+    expected_days = {"One": MONDAY_8AM.date(), "Two": MONDAY_8AM.date() + timedelta(days=2), "Three": MONDAY_8AM.date() + timedelta(days=7)}
+    for step, messages in by_step.items():
+        for message in messages:
+            sent_at = _date(message)
+            assert sent_at.date() == expected_days[step]
+            assert 9 <= sent_at.hour < 17 and sent_at.weekday() < 5
+    await running.settle()
+    counts = await running.store.enrollment_counts()
+    assert counts == {"completed": 50}
+    assert await running.store.message_counts() == {"sent": 150}
+
+
+async def test_every_received_message_parses_with_both_parts_and_is_personalized(running: Running) -> None:
+    """Each message is multipart/alternative, text then HTML, with the lead's own name in both."""
+    await running.clock.advance(hours=1)
+    received = await running.server.wait_for(50)
+    leads = {lead.email: lead for lead in make_leads(50)}
+    message_ids = set()
+    for item in received:
+        message = item.parsed()
+        lead = leads[item.rcpt_tos[0]]
+        assert message.get_content_type() == "multipart/alternative"
+        parts = [part.get_content_type() for part in message.iter_parts()]
+        assert parts == ["text/plain", "text/html"]
+        text = message.get_body(("plain",)).get_content()  # type: ignore[union-attr]
+        html = message.get_body(("html",)).get_content()  # type: ignore[union-attr]
+        assert lead.first_name in text and lead.first_name in html
+        assert lead.company in html
+        assert str(message["Subject"]) == f"One for {lead.first_name}"
+        assert message["To"].addresses[0].addr_spec == lead.email
+        assert message["To"].addresses[0].display_name == lead.display_name
+        assert message["From"].addresses[0].addr_spec == "news@acme.example"
+        assert 'style="' in html, "CSS is inlined"
+        assert item.mail_from == "bounces@acme.example"
+        message_ids.add(str(message["Message-ID"]))
+    assert len(message_ids) == 50
+
+
+async def test_a_451_is_retried_and_then_succeeds(running: Running) -> None:
+    """A 451 at RCPT defers the message; the retry after the backoff delivers it."""
+    running.server.script("lead007@example.com", "RCPT", "451 4.3.0 Try again later")
+    await running.clock.advance(hours=1)
+    await running.server.wait_for(49)
+    await running.settle()
+    counts = await running.store.message_counts()
+    assert counts == {"sent": 49, "deferred": 1}
+
+    await running.clock.advance(minutes=25)  # first retry: 20 minutes ±20%
+    await running.server.wait_for(50)
+    await running.settle()
+    assert await running.store.message_counts() == {"sent": 50}
+    lead = await running.store.get_lead("lead007@example.com")
+    assert lead is not None and lead.id is not None
+    kinds = [event.type for event in await running.store.lead_events(lead.id)]
+    assert kinds[-2:] == ["deferred", "sent"]
+    deferred = [e for e in await running.store.lead_events(lead.id) if e.type == "deferred"][0]
+    assert deferred.data["code"] == 451 and deferred.data["enhanced"] == "4.3.0"
+
+
+async def test_a_550_ends_as_failed_and_is_never_retried(running: Running) -> None:
+    """A 550 5.1.1 at RCPT fails the message at once, with the reply recorded."""
+    running.server.script("lead003@example.com", "RCPT", "550 5.1.1 No such user")
+    await running.clock.advance(hours=1)
+    await running.server.wait_for(49)
+    await running.settle()
+    await running.clock.advance(hours=6)
+    await running.settle()
+    assert await running.store.message_counts() == {"sent": 49, "failed": 1}
+    assert [c for c in running.server.commands if c == ("RCPT", "lead003@example.com")] == [("RCPT", "lead003@example.com")]
+    lead = await running.store.get_lead("lead003@example.com")
+    assert lead is not None and lead.id is not None
+    failed = [e for e in await running.store.lead_events(lead.id) if e.type == "failed"]
+    assert failed[0].data["code"] == 550 and failed[0].data["enhanced"] == "5.1.1"
+    assert failed[0].data["text"] == "No such user"
+
+
+async def test_a_deferred_message_expires_after_the_maximum_age(running: Running) -> None:
+    """A recipient that answers 4xx for more than four days ends as expired, not retried forever."""
+    running.server.script("lead001@example.com", "RCPT", *["421 4.7.0 Try later"] * 100)
+    await running.clock.advance(hours=1)
+    await running.server.wait_for(49)
+    for _ in range(30):  # 4 hours apart at most: 30 rounds pass 4 days
+        await running.clock.advance(hours=4, minutes=50)
+        await running.settle()
+        if (await running.store.message_counts()).get("expired"):
+            break
+    lead = await running.store.get_lead("lead001@example.com")
+    assert lead is not None and lead.id is not None
+    events = [e.type for e in await running.store.lead_events(lead.id) if e.step_id == "one"]
+    assert events[-1] == "expired"
+    attempts = [e for e in events if e in ("deferred", "expired")]
+    assert 8 <= len(attempts) <= 30, "doubling from 20 minutes to a 4 hour cap over 4 days"
+    assert (await running.store.message_counts()).get("expired", 0) >= 1
