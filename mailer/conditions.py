@@ -194,9 +194,12 @@ OPERATORS: Mapping[str, Callable[[object, Any], bool]] = {
 _KINDS = ("all", "any", "not", "attribute", "sent", "opened", "clicked")
 
 
-def parse_condition(node: object, *, file: str | None, field: str) -> Condition:
-    """Compile the YAML condition `node`, raising ScenarioError at the offending line."""
-    return _parse(node, file=file, field=field, line=line_of(node))
+def parse_condition(node: object, *, file: str | None, field: str, line: int | None = None) -> Condition:
+    """Compile the YAML condition `node`, raising ScenarioError at the offending line.
+
+    `line` is where `node` is written when it is a plain value that does not know its line.
+    """
+    return _parse(node, file=file, field=field, line=line_of(node) or line)
 
 
 def _parse(node: object, *, file: str | None, field: str, line: int | None) -> Condition:

@@ -231,7 +231,7 @@ def _section(cls: type, value: Any, name: str, where: _Locator) -> Any:
     table = _expect(value, dict, name, where)
     hints = get_type_hints(cls)
     fields = {f.name.rstrip("_"): f.name for f in dataclasses.fields(cls)}
-    kwargs = {}
+    kwargs: dict[str, Any] = {}
     for key, item in table.items():
         if key not in fields:
             raise where.unknown(f"{name}.{key}", [f"{name}.{k}" for k in fields])

@@ -28,6 +28,7 @@ import logging
 import os
 import re
 import secrets
+import time
 import traceback
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -43,10 +44,13 @@ from jinja2.sandbox import SandboxedEnvironment
 
 from mailer.errors import TemplateError
 
+log = logging.getLogger("mailer.render")
+
 # Tags whose effect is structural and resolved in the flatten pass; everything else waits
 # for the per-recipient render.
 _STRUCTURAL_TAGS = frozenset({"extends", "block", "endblock", "include"})
 _CONSTRUCT_BEGIN = {"variable_begin": "variable_end", "block_begin": "block_end", "comment_begin": "comment_end"}
+RECHECK_SECONDS = 1.0  # how often a cached step looks for edited template files
 _TEXT_CONFIG = ParserConfig(css=CSS_PROFILES["relaxed"], display_links=True)
 
 
@@ -57,6 +61,26 @@ class RenderedParts:
     text: str
 
 
+class TemplateEnvironment(SandboxedEnvironment):
+    """Jinja's sandbox, with `lead.name` on a plain dict looked up as a key first.
+
+    Lead data reaches templates as plain dicts (fields, CSV columns, API attributes), and
+    the sandbox's generic lookup tries a Python attribute first, failing with an exception
+    on every `{{ lead.first_name }}`: a third of the render time. A key of a plain dict is
+    data, never Python internals, so looking it up first gives nothing away; anything else
+    goes through the sandbox's own checks. (A CSV column named `items` wins over the dict
+    method of that name, which is what a template author means.)
+    """
+
+    def getattr(self, obj: Any, attribute: str) -> Any:
+        if type(obj) is dict:
+            try:
+                return obj[attribute]
+            except KeyError:
+                pass
+        return super().getattr(obj, attribute)
+
+
 class CompiledStep:
     """The per-recipient part of a step: three compiled templates, nothing else."""
 
@@ -65,7 +89,7 @@ class CompiledStep:
         *,
         subject: jinja2.Template,
         html: jinja2.Template,
-        text: jinja2.Template,
+        text: jinja2.Template | None,
         template_name: str,
         dependencies: Mapping[Path, float],
     ) -> None:
@@ -74,13 +98,12 @@ class CompiledStep:
         self.text = text
         self.template_name = template_name
         self.dependencies = dict(dependencies)
+        self.checked_at = time.monotonic()
 
     def render(self, context: Mapping[str, Any]) -> RenderedParts:
-        return RenderedParts(
-            subject=self.subject.render(context).strip(),
-            html=self.html.render(context),
-            text=self.text.render(context),
-        )
+        html = self.html.render(context)
+        text = self.text.render(context) if self.text is not None else get_text(html, _TEXT_CONFIG)
+        return RenderedParts(subject=self.subject.render(context).strip(), html=html, text=text)
 
     def is_current(self) -> bool:
         """Whether no file this step was compiled from has changed since."""
@@ -100,8 +123,8 @@ class Renderer:
         self.templates_dir = templates_dir
         loader = jinja2.FileSystemLoader(str(templates_dir))
         common: dict[str, Any] = {"undefined": jinja2.StrictUndefined, "loader": loader}
-        self.html_env = SandboxedEnvironment(autoescape=True, **common)
-        self.text_env = SandboxedEnvironment(
+        self.html_env = TemplateEnvironment(autoescape=True, **common)
+        self.text_env = TemplateEnvironment(
             autoescape=False, trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True, **common
         )
         self._cache: dict[tuple[str, str | None, str], CompiledStep] = {}
@@ -110,10 +133,18 @@ class Renderer:
         """The compiled step, prepared once per version of its files."""
         key = (template, text_template, subject)
         compiled = self._cache.get(key)
-        if compiled is None or not compiled.is_current():
+        if compiled is None or self._stale(compiled):
             compiled = self._compile(subject=subject, template=template, text_template=text_template)
             self._cache[key] = compiled
         return compiled
+
+    def _stale(self, compiled: CompiledStep) -> bool:
+        """Whether the step's files changed; looked at once a second, not per message."""
+        now = time.monotonic()
+        if now - compiled.checked_at < RECHECK_SECONDS:
+            return False
+        compiled.checked_at = now
+        return not compiled.is_current()
 
     def _compile(self, *, subject: str, template: str, text_template: str | None) -> CompiledStep:
         dependencies: dict[Path, float] = {}
@@ -122,13 +153,13 @@ class Renderer:
         flat = _Flattener(self.templates_dir, dependencies).flatten(template)
         nonce = _fresh_nonce(flat)
         protected, constructs = _protect(self.html_env, flat, nonce, template)
-        inlined = _restore(_inline_css(protected), constructs, nonce, template, strict=True)
+        inlined = _restore(_inline_css(protected), constructs, nonce, template)
         html = self._from_string(self.html_env, inlined, template)
+        text: jinja2.Template | None
         if text_template is not None:
             text = self._load(self.text_env, text_template, dependencies)
         else:
-            derived = _restore(get_text(protected, _TEXT_CONFIG), constructs, nonce, template, strict=False)
-            text = self._from_string(self.text_env, derived, template + " (derived text)")
+            text = self._derive_text(protected, constructs, nonce, template)
         subject_template = self._from_string(self.text_env, subject, "subject")
         return CompiledStep(
             subject=subject_template,
@@ -137,6 +168,27 @@ class Renderer:
             template_name=template,
             dependencies=dependencies,
         )
+
+    def _derive_text(self, protected: str, constructs: list[tuple[str, str]], nonce: str, name: str) -> jinja2.Template | None:
+        """A text template made from the HTML one, or None when the text must come per message.
+
+        inscriptis lays tables out cell by cell, so a loop over table rows comes out with its
+        tags and its body apart. When the constructs do not come back in their order, with
+        every tag present, the text part is made from each rendered HTML instead: slower,
+        never wrong. (Variables may vanish: those in <head> have no place in text.)
+        """
+        derived = get_text(protected, _TEXT_CONFIG)
+        pattern = re.compile(rf"zq{nonce}q(\d+)z", re.IGNORECASE)
+        seen = [int(m.group(1)) for m in pattern.finditer(derived)]
+        tags = [i for i, (kind, _) in enumerate(constructs) if kind != "variable"]
+        if seen != sorted(set(seen)) or not set(tags) <= set(seen):
+            log.info("%s: text part derived per message (write a .txt template to make it faster)", name)
+            return None
+        source = pattern.sub(lambda m: constructs[int(m.group(1))][1], derived)
+        try:
+            return self.text_env.from_string(source)
+        except jinja2.TemplateSyntaxError:
+            return None
 
     def _load(self, env: jinja2.Environment, name: str, dependencies: dict[Path, float]) -> jinja2.Template:
         try:
@@ -274,10 +326,10 @@ def _fresh_nonce(source: str) -> str:
             return nonce
 
 
-def _protect(env: jinja2.Environment, flat: str, nonce: str, name: str) -> tuple[str, list[str]]:
-    """Replace each Jinja construct by a sentinel `zq<nonce>q<index>z`."""
+def _protect(env: jinja2.Environment, flat: str, nonce: str, name: str) -> tuple[str, list[tuple[str, str]]]:
+    """Replace each Jinja construct by a sentinel `zq<nonce>q<index>z`; keep (kind, source)."""
     out: list[str] = []
-    constructs: list[str] = []
+    constructs: list[tuple[str, str]] = []
     for kind, text, _ in _constructs(env, flat, name):
         if kind == "data":
             out.append(text)
@@ -285,23 +337,31 @@ def _protect(env: jinja2.Environment, flat: str, nonce: str, name: str) -> tuple
         if kind == "raw":
             text = "{% raw %}" + text + "{% endraw %}"
         out.append(f"zq{nonce}q{len(constructs)}z")
-        constructs.append(text)
+        constructs.append((kind, text))
     return "".join(out), constructs
 
 
-def _restore(document: str, constructs: list[str], nonce: str, name: str, *, strict: bool) -> str:
-    """Put the constructs back; in strict mode each must come back once and in order."""
+def _restore(document: str, constructs: list[tuple[str, str]], nonce: str, name: str) -> str:
+    """Put the constructs back after inlining.
+
+    Every construct must come back; a variable may come back more than once
+    (premailer copies a CSS rule into each element it applies to, `{{ colour }}` with it),
+    but a tag (`{% if %}`, `{% for %}`) must come back exactly once and in order, or the
+    template's structure would change.
+    """
     pattern = re.compile(rf"zq{nonce}q(\d+)z", re.IGNORECASE)
     seen = [int(m.group(1)) for m in pattern.finditer(document)]
-    if strict and seen != list(range(len(constructs))):
-        missing = sorted(set(range(len(constructs))) - set(seen))
-        culprit = constructs[missing[0]] if missing else "a construct"
+    tags = [i for i, (kind, _) in enumerate(constructs) if kind != "variable"]
+    missing = sorted(set(range(len(constructs))) - set(seen))
+    moved = [i for i in seen if constructs[i][0] != "variable"] != tags
+    if missing or moved:
+        culprit = constructs[missing[0]][1] if missing else "a tag"
         raise TemplateError(
-            f"CSS inlining would move or drop {culprit!r}",
+            f"CSS inlining would {'drop' if missing else 'move'} {culprit!r}",
             file=name,
-            hint="keep Jinja out of <style> and style attributes, and inside elements that may hold text",
+            hint="keep {% %} tags out of <style> and out of places HTML does not allow text",
         )
-    return pattern.sub(lambda m: constructs[int(m.group(1))], document)
+    return pattern.sub(lambda m: constructs[int(m.group(1))][1], document)
 
 
 def _inline_css(document: str) -> str:

@@ -122,21 +122,16 @@ class _Section:
         return value.strip()
 
     def send_window(self, key: str) -> SendWindow | None:
-        value = self.mapping.get(key)
-        if value is None:
+        if self.mapping.get(key) is None:
             return None
-        if not isinstance(value, Mapping):
-            hint = 'e.g. send_window: {days: weekdays, hours: "09:00-18:00"}'
-            raise self.error(key, f"must be a mapping with days and hours, not {describe(value)}", hint)
-        return parse_send_window(value, file=self.file, field=subfield(self.field, key))
+        field, line = subfield(self.field, key), key_line(self.mapping, key)
+        return parse_send_window(self.mapping[key], file=self.file, field=field, line=line)
 
     def condition(self, key: str) -> Condition | None:
         if key not in self.mapping:
             return None
-        value = self.mapping[key]
-        if not isinstance(value, Mapping):
-            raise self.error(key, f"must be a condition, not {describe(value)}", "e.g. {attribute: industry, equals: SaaS}")
-        return parse_condition(value, file=self.file, field=subfield(self.field, key))
+        field, line = subfield(self.field, key), key_line(self.mapping, key)
+        return parse_condition(self.mapping[key], file=self.file, field=field, line=line)
 
 
 def load_scenario(

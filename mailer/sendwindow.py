@@ -125,16 +125,18 @@ def _reading(instant: datetime, tz: ZoneInfo) -> datetime:
 
 
 def parse_send_window(
-    value: Mapping[str, Any], *, file: str | None = None, field: str = "send_window"
+    value: Mapping[str, Any], *, file: str | None = None, field: str = "send_window", line: int | None = None
 ) -> SendWindow:
     """Build a SendWindow from ``{days: [mon, tue] | weekdays | everyday, hours: "09:00-18:00"}``.
 
-    A missing `days` means every day and missing `hours` means all day.
+    A missing `days` means every day and missing `hours` means all day. `file`, `field` and
+    `line` (where `value` is written) go into the ScenarioError raised for a bad window.
     """
     if not isinstance(value, Mapping):
         raise ScenarioError(
             f"must be a mapping with days and hours, not {describe(value)}",
             file=file,
+            line=line,
             field=field,
             hint='e.g. send_window: {days: weekdays, hours: "09:00-18:00"}',
         )
@@ -188,16 +190,17 @@ def _day_hint(token: object) -> str:
 
 def _parse_hours(window: Mapping[str, Any], *, file: str | None, field: str) -> tuple[time, time]:
     spelled = window.get("hours", "00:00-24:00")
-    line = key_line(window, "hours")
+
+    def refuse(problem: str) -> ScenarioError:
+        return ScenarioError(problem, file=file, line=key_line(window, "hours"), field=field, hint=_HOURS_HINT)
+
     match = _HOURS.fullmatch(spelled) if isinstance(spelled, str) else None
     if match is None:
-        raise ScenarioError(f"{spelled!r} is not a range of hours", file=file, line=line, field=field, hint=_HOURS_HINT)
+        raise refuse(f"{spelled!r} is not a range of hours")
     start_hour, start_minute, end_hour, end_minute = (int(part) for part in match.groups())
-    if start_hour > 23 or start_minute > 59 or end_minute > 59 or end_hour > 24 or (end_hour == 24 and end_minute):
-        raise ScenarioError(f"{spelled!r} is not a time of day", file=file, line=line, field=field, hint=_HOURS_HINT)
+    if start_hour > 23 or max(start_minute, end_minute) > 59 or end_hour > 24 or (end_hour == 24 and end_minute):
+        raise refuse(f"{spelled!r} is not a time of day")
     start, end = time(start_hour, start_minute), time(end_hour % 24, end_minute)
     if start == end and not (start == time(0) and end_hour == 24):
-        raise ScenarioError(
-            f"{spelled!r} starts and ends at the same time", file=file, line=line, field=field, hint=_HOURS_HINT
-        )
+        raise refuse(f"{spelled!r} starts and ends at the same time")
     return start, end

@@ -405,7 +405,7 @@ class SQLiteStore:
                    {_LEAD_COLUMNS}
             FROM enrollments e JOIN leads l ON l.id = e.lead_id
             WHERE e.state = 'active' AND e.due_at <= ?
-            ORDER BY e.due_at LIMIT ?
+            ORDER BY e.due_at, e.id LIMIT ?
             """,
             (ms(now), limit),
         )

@@ -58,7 +58,8 @@ class _Loader(yaml.SafeLoader):
     def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
         event: yaml.Event = self.peek_event()  # type: ignore[no-untyped-call]  # untyped in types-PyYAML
         if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
-            raise _Refused("anchors and aliases are not supported in scenario files", _line(event.start_mark), _ANCHOR_HINT)
+            problem = "anchors and aliases are not supported in scenario files"
+            raise _Refused(problem, _line(event.start_mark), _ANCHOR_HINT)
         return super().compose_node(parent, index)
 
 
@@ -163,10 +164,11 @@ def _build(node: yaml.Node, loader: _Loader) -> Any:
             raise _Refused(
                 f"key {key_node.value!r} is not text",
                 key_line,
-                f'put the key in quotes: "{key_node.value}": ... (YAML reads yes/no/on/off and numbers as values)',
+                f'put it in quotes: "{key_node.value}": (YAML reads yes, no, on, off and numbers as values)',
             )
         if key in mapping:
-            raise _Refused(f"duplicate key {key!r}", key_line, f"it is already set on line {mapping.key_lines[key]}")
+            hint = f"it is already set on line {mapping.key_lines[key]}"
+            raise _Refused(f"duplicate key {key!r}", key_line, hint)
         mapping[key] = _build(value_node, loader)
         mapping.key_lines[key] = key_line
     return mapping
@@ -190,9 +192,10 @@ def _unsupported_tag(tag: str, line: int) -> _Refused:
 def _broken(error: yaml.MarkedYAMLError, file: str) -> ScenarioError:
     mark = error.problem_mark or error.context_mark
     problem = error.problem or error.context or "cannot be parsed"
-    hint = "check the indentation and quoting on this line (quote values that contain ': ' or start with * & ! % @ `)"
+    hint = "check indentation and quotes here; quote values that contain ': ' or start with * & ! % @ `"
     if "another document" in problem:
-        problem, hint = "the file holds more than one YAML document", "remove the `---` line; one scenario per file"
+        problem = "the file holds more than one YAML document"
+        hint = "remove the `---` line; one scenario per file"
     elif "'\\t'" in problem:
         hint = "indent with spaces, not tabs"
     return ScenarioError(f"invalid YAML: {problem}", file=file, line=_line(mark), hint=hint)

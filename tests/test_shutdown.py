@@ -1,0 +1,95 @@
+"""`mailer serve` as a process: SIGTERM in the middle of a batch loses nothing, restart resumes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sqlite3
+import sys
+from pathlib import Path
+
+from conftest import make_leads, write_workspace
+from mailer.sqlitestore import SQLiteStore
+from mailer.testing import CaptureServer
+
+ONE_STEP = """
+name: announce
+sender: default
+entry:
+  list: signups
+steps:
+  - id: only
+    wait: 0m
+    subject: "News for {{ lead.first_name }}"
+    template: one.html
+"""
+
+CONFIG = """
+[relay]
+host = "127.0.0.1"
+port = {port}
+
+[identities.default]
+from = "Acme <news@acme.example>"
+
+[delivery]
+concurrency = 4
+
+[timeouts]
+connect = 5
+mail = 5
+rcpt = 5
+data = 5
+"""
+
+
+async def start_daemon(config: Path) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "mailer", "--config", str(config), "serve",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+
+
+def states(db: Path) -> dict[str, int]:
+    with sqlite3.connect(db) as connection:
+        return dict(connection.execute("SELECT state, count(*) FROM messages GROUP BY state").fetchall())
+
+
+async def test_sigterm_mid_batch_loses_nothing_and_restart_finishes(tmp_path: Path) -> None:
+    """SIGTERM finishes the transactions under way, leaves nothing in `sending`, exits 0; a restart sends the rest once."""
+    write_workspace(tmp_path, ONE_STEP)
+    async with CaptureServer() as server:
+        server.data_delay = 0.15  # slow enough that the signal lands mid-batch
+        config = tmp_path / "mailer.toml"
+        config.write_text(CONFIG.format(port=server.port))
+        async with SQLiteStore(tmp_path / "mailer.db") as store:
+            from datetime import datetime, timezone
+
+            await store.upsert_leads(make_leads(50), list_name="signups", now=datetime.now(timezone.utc))
+
+        daemon = await start_daemon(config)
+        await server.wait_for(10, timeout=30)
+        daemon.send_signal(signal.SIGTERM)
+        output, _ = await asyncio.wait_for(daemon.communicate(), 30)
+        assert daemon.returncode == 0, output.decode()
+        assert b"Traceback" not in output
+
+        first_run = states(tmp_path / "mailer.db")
+        assert "sending" not in first_run
+        received = len(server.messages)
+        assert 10 <= received < 50, "the signal landed mid-batch"
+        assert first_run.get("sent") == received, "every accepted message is recorded as sent"
+        assert first_run.get("sent", 0) + first_run.get("queued", 0) == 50, "nothing lost"
+
+        daemon = await start_daemon(config)
+        await server.wait_for(50, timeout=30)
+        await asyncio.sleep(0.5)
+        daemon.send_signal(signal.SIGTERM)
+        output, _ = await asyncio.wait_for(daemon.communicate(), 30)
+        assert daemon.returncode == 0, output.decode()
+
+    assert states(tmp_path / "mailer.db") == {"sent": 50}
+    ids = [m.parsed()["Message-ID"] for m in server.messages]
+    assert len(ids) == 50 and len(set(ids)) == 50, "no message was sent twice"
