@@ -27,6 +27,7 @@ from mailer.leads import LEAD_FIELDS, Lead
 from mailer.yamlfile import describe, did_you_mean, item_line, key_line, line_of, subfield
 
 Scalar = str | int | float | bool
+Expected = Scalar | tuple[Scalar, ...]
 CONDITION_FIELDS = (*LEAD_FIELDS, "stage")  # read from the Lead; any other name is a free attribute
 _HINT = "write a mapping such as {attribute: industry, equals: SaaS}, {opened: STEP_ID} or {all: [...]}"
 
@@ -103,7 +104,7 @@ class AttributeTest(Condition):
 
     attribute: str
     operator: str
-    expected: Scalar | tuple[Scalar, ...]
+    expected: Expected
 
     def evaluate(self, lead: Lead, engagement: Engagement) -> bool:
         if self.attribute in CONDITION_FIELDS:
@@ -199,98 +200,106 @@ def parse_condition(node: object, *, file: str | None, field: str, line: int | N
 
     `line` is where `node` is written when it is a plain value that does not know its line.
     """
-    return _parse(node, file=file, field=field, line=line_of(node) or line)
+    return _parse(_At(node, file, field, line_of(node) or line))
 
 
-def _parse(node: object, *, file: str | None, field: str, line: int | None) -> Condition:
-    def error(problem: str, key: str | None = None, hint: str = _HINT) -> ScenarioError:
-        assert isinstance(node, Mapping)
-        where = line if key is None else key_line(node, key)
-        return ScenarioError(problem, file=file, line=where, field=subfield(field, key) if key else field, hint=hint)
+@dataclass(frozen=True)
+class _At:
+    """A condition node being compiled and where it is written, to report errors."""
 
+    node: Any
+    file: str | None
+    field: str
+    line: int | None
+
+    def error(self, problem: str, key: str | None = None, hint: str = _HINT) -> ScenarioError:
+        line = self.line if key is None else key_line(self.node, key)
+        field = self.field if key is None else subfield(self.field, key)
+        return ScenarioError(problem, file=self.file, line=line, field=field, hint=hint)
+
+    def inner(self, node: Any, key: str | int, line: int | None) -> _At:
+        return _At(node, self.file, subfield(self.field, key), line_of(node) or line)
+
+
+def _parse(at: _At) -> Condition:
+    node = at.node
     if not isinstance(node, Mapping) or not node:
-        raise ScenarioError(f"must be a condition, not {describe(node)}", file=file, line=line, field=field, hint=_HINT)
+        raise at.error(f"must be a condition, not {describe(node)}")
     if "attribute" in node:
-        return _parse_attribute(node, error)
+        return _parse_attribute(at)
     key = next(iter(node))
     if key not in _KINDS:
         hint = f"{key} needs `attribute: NAME` beside it" if key in OPERATORS else did_you_mean(key, _KINDS)
-        raise error(f"unknown condition {key!r}", key, hint)
+        raise at.error(f"unknown condition {key!r}", key, hint)
     if len(node) > 1:
         other = list(node)[1]
-        raise error(f"{key!r} and {other!r} cannot share a condition", other, "combine them with all: [...] or any: [...]")
+        hint = "combine them with all: [...] or any: [...]"
+        raise at.error(f"{key!r} and {other!r} cannot share a condition", other, hint)
     value = node[key]
-    inner = subfield(field, key)
     if key == "not":
-        return Not(_parse(value, file=file, field=inner, line=line_of(value) or key_line(node, key)))
+        return Not(_parse(at.inner(value, key, key_line(node, key))))
     if key in ("all", "any"):
         if not isinstance(value, list):
-            raise error(f"{key} needs a list of conditions, not {describe(value)}", key)
-        parts = tuple(
-            _parse(item, file=file, field=subfield(inner, index), line=item_line(value, index))
-            for index, item in enumerate(value)
-        )
+            raise at.error(f"{key} needs a list of conditions, not {describe(value)}", key)
+        items = at.inner(value, key, key_line(node, key))
+        parts = tuple(_parse(items.inner(item, index, item_line(value, index))) for index, item in enumerate(value))
         return AllOf(parts) if key == "all" else AnyOf(parts)
     if isinstance(value, int) and not isinstance(value, bool):
         value = str(value)  # `opened: 1` means the step whose id is "1"
     if not isinstance(value, str) or not value.strip():
-        raise error(f"{key} needs a step id or `any`, not {describe(value)}", key, f"e.g. {key}: welcome")
+        raise at.error(f"{key} needs a step id or `any`, not {describe(value)}", key, f"e.g. {key}: welcome")
     step_id = None if value.strip() == "any" else value.strip()
     return EngagementTest(key, step_id, line=key_line(node, key))
 
 
-def _parse_attribute(node: Mapping[str, Any], error: Callable[..., ScenarioError]) -> Condition:
-    name = node["attribute"]
+def _parse_attribute(at: _At) -> Condition:
+    node, name = at.node, at.node["attribute"]
     if isinstance(name, Mapping):  # shorthand: {attribute: {industry: SaaS, country: [JP, US]}}
         if len(node) > 1 or not name:
-            raise error("the shorthand `attribute: {NAME: VALUE}` takes no operator", "attribute",
-                        "write attribute: NAME with an operator, or only attribute: {NAME: VALUE, ...}")
-        tests = tuple(
-            AttributeTest(attribute, *_shorthand(value, error))
-            for attribute, value in name.items()
-        )
-        return tests[0] if len(tests) == 1 else AllOf(tests)
+            hint = "write attribute: NAME with an operator, or only attribute: {NAME: VALUE, ...}"
+            raise at.error("the shorthand `attribute: {NAME: VALUE}` takes no operator", "attribute", hint)
+        tests: list[Condition] = []
+        for attribute, value in name.items():
+            op = "in" if isinstance(value, list) else "equals"
+            tests.append(AttributeTest(attribute, op, _expected(op, value, at, "attribute")))
+        return tests[0] if len(tests) == 1 else AllOf(tuple(tests))
     if not isinstance(name, str) or not name.strip():
-        raise error(f"attribute needs a name, not {describe(name)}", "attribute", "e.g. attribute: industry")
+        raise at.error(f"attribute needs a name, not {describe(name)}", "attribute", "e.g. attribute: industry")
     operators = [key for key in node if key != "attribute"]
     if not operators:
-        raise error("attribute test has no operator", None, "add one of: " + ", ".join(OPERATORS))
+        raise at.error("attribute test has no operator", None, "add one of: " + ", ".join(OPERATORS))
     for key in operators:
         if key not in OPERATORS:
-            raise error(f"unknown operator {key!r}", key, did_you_mean(key, OPERATORS))
+            raise at.error(f"unknown operator {key!r}", key, did_you_mean(key, OPERATORS))
     if len(operators) > 1:
-        raise error(f"one attribute test holds two operators ({operators[0]}, {operators[1]})",
-                    operators[1], "combine two tests with all: [...]")
+        problem = f"one attribute test holds two operators ({operators[0]}, {operators[1]})"
+        raise at.error(problem, operators[1], "combine two tests with all: [...]")
     op = operators[0]
-    return AttributeTest(name.strip(), op, _expected(op, node[op], lambda problem, hint: error(problem, op, hint)))
+    return AttributeTest(name.strip(), op, _expected(op, node[op], at, op))
 
 
-def _shorthand(value: object, error: Callable[..., ScenarioError]) -> tuple[str, Scalar | tuple[Scalar, ...]]:
-    op = "in" if isinstance(value, list) else "equals"
-    return op, _expected(op, value, lambda problem, hint: error(problem, "attribute", hint))
-
-
-def _expected(op: str, value: object, error: Callable[[str, str], ScenarioError]) -> Scalar | tuple[Scalar, ...]:
+def _expected(op: str, value: object, at: _At, key: str) -> Expected:
+    """The value `op` compares with, checked; errors point at `key`."""
     if op == "exists":
         if not isinstance(value, bool):
-            raise error(f"exists needs true or false, not {describe(value)}", "e.g. exists: true")
+            raise at.error(f"exists needs true or false, not {describe(value)}", key, "e.g. exists: true")
         return value
     if op in ("in", "not_in"):
         if not isinstance(value, list):
-            raise error(f"{op} needs a list, not {describe(value)}", f"e.g. {op}: [JP, US]")
-        return tuple(_scalar(op, item, error) for item in value)
-    scalar = _scalar(op, value, error)
+            raise at.error(f"{op} needs a list, not {describe(value)}", key, f"e.g. {op}: [JP, US]")
+        return tuple(_scalar(op, item, at, key) for item in value)
+    scalar = _scalar(op, value, at, key)
     if op in ("gt", "gte", "lt", "lte") and _number(scalar) is None:
-        raise error(f"{op} needs a number, not {scalar!r}", f"e.g. {op}: 100")
+        raise at.error(f"{op} needs a number, not {scalar!r}", key, f"e.g. {op}: 100")
     if op == "contains" and isinstance(scalar, bool):
-        raise error("contains needs text, not true/false", "e.g. contains: manager")
+        raise at.error("contains needs text, not true/false", key, "e.g. contains: manager")
     return scalar
 
 
-def _scalar(op: str, value: object, error: Callable[[str, str], ScenarioError]) -> Scalar:
+def _scalar(op: str, value: object, at: _At, key: str) -> Scalar:
     if isinstance(value, date):  # YAML reads 2024-04-01 as a date; leads hold dates as text
         return value.isoformat()
     if isinstance(value, (str, int, float, bool)):
         return value
     hint = "to test for a missing value use exists: false" if value is None else "write a single value"
-    raise error(f"{op} needs a value, not {describe(value)}", hint)
+    raise at.error(f"{op} needs a value, not {describe(value)}", key, hint)

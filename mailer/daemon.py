@@ -18,6 +18,7 @@ import logging
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 from datetime import datetime, timedelta
 
 from mailer.clock import Clock
@@ -211,20 +212,28 @@ class Daemon:
             self.report.queued += sum(1 for u in updates if u.message is not None)
 
     def _update(self, scenario: Scenario, enrollment_id: int, lead_id: int, decision: Decision, now: datetime) -> EnrollmentUpdate:
+        """The store write for a planner decision (and the message it queues, if any)."""
+
+        def update(step_index: int, state: str, event: str, detail: dict[str, Any], message: NewMessage | None = None) -> EnrollmentUpdate:
+            return EnrollmentUpdate(
+                enrollment_id=enrollment_id, lead_id=lead_id, scenario=scenario.name, step_index=step_index,
+                state=state, due_at=decision.due_at if state == "active" else None, event=event, detail=detail, message=message,
+            )
+
         action, index = decision.action, decision.step_index
-        common = {"enrollment_id": enrollment_id, "lead_id": lead_id, "scenario": scenario.name}
         if action in ("exit", "complete"):
             state = "exited" if action == "exit" else "completed"
-            return EnrollmentUpdate(**common, step_index=index, state=state, due_at=None, event=state, detail={"reason": decision.reason})
+            return update(index, state, state, {"reason": decision.reason})
         step = scenario.steps[index]
         if action == "wait":
-            return EnrollmentUpdate(**common, step_index=index, state="active", due_at=decision.due_at, event="waiting", detail={"step": step.id, "until": decision.due_at.isoformat() if decision.due_at else None})
+            until = decision.due_at.isoformat() if decision.due_at else None
+            return update(index, "active", "waiting", {"step": step.id, "until": until})
         state = "active" if decision.due_at is not None else "completed"
         if action == "skip":
-            return EnrollmentUpdate(**common, step_index=index + 1, state=state, due_at=decision.due_at, event="skipped", detail={"step": step.id, "reason": decision.reason})
+            return update(index + 1, state, "skipped", {"step": step.id, "reason": decision.reason})
         identity = self._identity(scenario)
         message = NewMessage(message_id=make_message_id(identity.message_id_domain), step_id=step.id, not_before=now)
-        return EnrollmentUpdate(**common, step_index=index + 1, state=state, due_at=decision.due_at, event="queued", detail={"step": step.id}, message=message)
+        return update(index + 1, state, "queued", {"step": step.id}, message)
 
     def _identity(self, scenario: Scenario) -> IdentityConfig:
         return self.config.identities[scenario.sender]

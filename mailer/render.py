@@ -30,7 +30,7 @@ import re
 import secrets
 import time
 import traceback
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -242,7 +242,7 @@ class _Flattener:
         outer = self
 
         class WrappingLoader(jinja2.FileSystemLoader):
-            def get_source(self, environment: jinja2.Environment, template: str) -> tuple[str, str | None, Any]:
+            def get_source(self, environment: jinja2.Environment, template: str) -> tuple[str, str, Callable[[], bool]]:
                 source, filename, uptodate = super().get_source(environment, template)
                 if filename:
                     outer.dependencies[Path(filename)] = os.stat(filename).st_mtime

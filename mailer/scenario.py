@@ -98,7 +98,9 @@ class _Section:
     file: str
     field: str
 
-    def error(self, key: str | None, problem: str, hint: str | None = None, *, line: int | None = None) -> ScenarioError:
+    def error(
+        self, key: str | None, problem: str, hint: str | None = None, *, line: int | None = None
+    ) -> ScenarioError:
         """An error about `key` (or the whole mapping), at its line unless `line` is given."""
         where = line or (line_of(self.mapping) if key is None else key_line(self.mapping, key))
         field = self.field if key is None else subfield(self.field, key)
@@ -115,8 +117,10 @@ class _Section:
         value = self.required(key, hint) if required else self.mapping.get(key)
         if value is None:
             return None
-        if not isinstance(value, str) or not value.strip():
+        if not isinstance(value, str):
             raise self.error(key, f"must be text, not {describe(value)}", hint)
+        if not value.strip():
+            raise self.error(key, "is empty", hint)
         if "\n" in value.strip():
             raise self.error(key, "must be one line", hint)
         return value.strip()
@@ -189,7 +193,7 @@ def _load(
     top = _Section(document, file, "")
     check_keys(document, _TOP_KEYS, file=file, field="")
     name = top.text("name", required=True, hint="add `name: ...`, the name reports show") or ""
-    sender = top.text("sender", required=True, hint="add `sender: NAME` naming an identity from mailer.toml") or ""
+    sender = top.text("sender", required=True, hint="add `sender: NAME`, an identity from mailer.toml") or ""
     if identities is not None and sender not in identities:
         known = did_you_mean(sender, identities) if identities else "mailer.toml defines no identities"
         raise top.error("sender", f"no sending identity named {sender!r}", known)
@@ -223,10 +227,9 @@ def _entry(top: _Section) -> Entry:
     entry = _Section(value, top.file, "entry")
     where = entry.condition("where")
     for test in () if where is None else where.engagement_tests():
-        raise entry.error(
-            "where", "an entry rule cannot test what a lead opened, clicked or was sent",
-            "a lead has done nothing in a scenario before entering it; test attributes instead", line=test.line,
-        )
+        problem = "an entry rule cannot test what a lead opened, clicked or was sent"
+        hint = "a lead has done nothing in a scenario before entering it; test attributes instead"
+        raise entry.error("where", problem, hint, line=test.line)
     return Entry(list_name=entry.text("list", required=False, hint="e.g. list: newsletter"), where=where)
 
 
@@ -250,7 +253,8 @@ def _timezone(top: _Section) -> str:
         ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError, OSError):
         close = closest(name, available_timezones())
-        raise top.error("timezone", f"unknown time zone {name!r}", hint if close is None else f"did you mean {close!r}?") from None
+        hint = hint if close is None else f"did you mean {close!r}?"
+        raise top.error("timezone", f"unknown time zone {name!r}", hint) from None
     return name
 
 
@@ -277,8 +281,8 @@ def _steps(top: _Section, templates_dir: Path | None) -> tuple[Step, ...]:
     for index, item in enumerate(items):
         field = subfield("steps", index)
         if not isinstance(item, Mapping):
-            line = item_line(items, index)
-            raise ScenarioError(f"must be a mapping, not {describe(item)}", file=top.file, line=line, field=field, hint=hint)
+            problem, line = f"must be a mapping, not {describe(item)}", item_line(items, index)
+            raise ScenarioError(problem, file=top.file, line=line, field=field, hint=hint)
         check_keys(item, _STEP_KEYS, file=top.file, field=field)
         section = _Section(item, top.file, field)
         step_id = _step_id(section)
@@ -297,8 +301,11 @@ def _step_id(section: _Section) -> str:
         value = str(value)  # `id: 1` reads as a number
     step_id = value.strip() if isinstance(value, str) else None
     if step_id is None or step_id == "any" or not _STEP_ID.fullmatch(step_id):
-        hint = "`any` is reserved for `opened: any`" if step_id == "any" else "use letters, digits, - and _ (at most 64)"
-        raise section.error("id", f"{describe(value) if step_id is None else repr(step_id)} is not a valid step id", hint)
+        shown = describe(value) if step_id is None else repr(step_id)
+        hint = "use letters, digits, - and _ (at most 64)"
+        if step_id == "any":
+            hint = "`any` is reserved for `opened: any`"
+        raise section.error("id", f"{shown} is not a valid step id", hint)
     return step_id
 
 
@@ -308,7 +315,8 @@ def _step(section: _Section, index: int, ids: list[str], templates_dir: Path | N
     try:
         _JINJA.parse(subject)
     except TemplateSyntaxError as error:
-        raise section.error("subject", f"invalid template syntax: {error.message}", "check the {{ }} and {% %} pairs") from None
+        problem = f"invalid template syntax: {error.message}"
+        raise section.error("subject", problem, "check the {{ }} and {% %} pairs") from None
     condition = section.condition("condition")
     _check_refs(section, "condition", condition, ids, before=index)
     return Step(
@@ -342,7 +350,9 @@ def _template(section: _Section, key: str, templates_dir: Path | None, *, requir
     return name
 
 
-def _check_refs(section: _Section, key: str, condition: Condition | None, ids: list[str], *, before: int) -> None:
+def _check_refs(
+    section: _Section, key: str, condition: Condition | None, ids: list[str], *, before: int
+) -> None:
     """Refuse references to steps that do not exist or do not come before position `before`."""
     for test in () if condition is None else condition.engagement_tests():
         if test.step_id is None:
@@ -353,4 +363,5 @@ def _check_refs(section: _Section, key: str, condition: Condition | None, ids: l
         if ids.index(test.step_id) >= before:
             where = "is this step" if ids.index(test.step_id) == before else "comes after this step"
             problem = f"refers to step {test.step_id!r}, which {where}"
-            raise section.error(key, problem, "a step's condition may only depend on earlier steps", line=test.line)
+            hint = "a step's condition may only depend on earlier steps"
+            raise section.error(key, problem, hint, line=test.line)

@@ -164,7 +164,8 @@ def _parse_days(window: Mapping[str, Any], *, file: str | None, field: str) -> f
         except ValueError as error:
             raise ScenarioError(str(error), file=file, line=line, field=field, hint=_day_hint(token)) from None
     if not days:
-        raise ScenarioError("lists no days", file=file, line=key_line(window, "days"), field=field, hint=_DAYS_HINT)
+        line = key_line(window, "days")
+        raise ScenarioError("lists no days", file=file, line=line, field=field, hint=_DAYS_HINT)
     return frozenset(days)
 
 
@@ -198,7 +199,7 @@ def _parse_hours(window: Mapping[str, Any], *, file: str | None, field: str) -> 
     if match is None:
         raise refuse(f"{spelled!r} is not a range of hours")
     start_hour, start_minute, end_hour, end_minute = (int(part) for part in match.groups())
-    if start_hour > 23 or max(start_minute, end_minute) > 59 or end_hour > 24 or (end_hour == 24 and end_minute):
+    if start_hour > 23 or end_hour > 24 or max(start_minute, end_minute) > 59 or (end_hour, end_minute) > (24, 0):
         raise refuse(f"{spelled!r} is not a time of day")
     start, end = time(start_hour, start_minute), time(end_hour % 24, end_minute)
     if start == end and not (start == time(0) and end_hour == 24):

@@ -47,15 +47,14 @@ def validate(config: Config, *, path: Path | None, leads_csv: Path | None) -> tu
 
 def _load(config: Config, path: Path | None) -> tuple[list[Scenario], list[UserError]]:
     where = path or config.scenarios
-    options = {"identities": config.identities, "templates_dir": config.templates}
     if where.is_file():
         try:
-            return [load_scenario(where, **options)], []
+            return [load_scenario(where, identities=config.identities, templates_dir=config.templates)], []
         except ScenarioError as error:
             return [], [error]
     if not where.is_dir():
         raise ScenarioError("no such file or directory", file=str(where), hint="name a scenario file or the scenarios folder")
-    scenarios, errors = load_scenarios(where, **options)
+    scenarios, errors = load_scenarios(where, identities=config.identities, templates_dir=config.templates)
     return scenarios, list(errors)
 
 

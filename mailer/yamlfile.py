@@ -139,8 +139,8 @@ def _build(node: yaml.Node, loader: _Loader) -> Any:
         try:
             return loader.construct_object(node)
         except (yaml.YAMLError, ValueError, TypeError, AttributeError, OverflowError):
-            raise _Refused(f"{node.value!r} is not a valid {node.tag.removeprefix(_CORE)}", line,
-                           "remove the `!!` tag or fix the value") from None
+            problem = f"{node.value!r} is not a valid {node.tag.removeprefix(_CORE)}"
+            raise _Refused(problem, line, "remove the `!!` tag or fix the value") from None
     if isinstance(node, yaml.SequenceNode):
         if node.tag != _SEQ_TAG:
             raise _unsupported_tag(node.tag, line)
@@ -180,7 +180,7 @@ def _line(mark: Any) -> int:  # Any: the stubs split Mark between yaml.error and
 
 def _too_big(file: str) -> ScenarioError:
     return ScenarioError(
-        f"the file is larger than {MAX_BYTES // 1024} KiB", file=file, hint="split it into several scenarios"
+        f"the file is larger than {MAX_BYTES // 1024 // 1024} MiB", file=file, hint="split it into several scenarios"
     )
 
 
@@ -271,7 +271,7 @@ def describe(value: object) -> str:
     if isinstance(value, (int, float)):
         return "a number"
     if isinstance(value, str):
-        return "text"
+        return "text" if value.strip() else "empty text"
     if isinstance(value, Mapping):
         return "a mapping"
     if isinstance(value, list):

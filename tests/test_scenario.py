@@ -165,6 +165,7 @@ CASES = [
     (MINIMAL.replace("subject: Hello", "subject: 'Hi {% if x %}'"), 7, "steps[0].subject", None, "check the {{ }} and {% %} pairs"),
     (MINIMAL.replace("subject: Hello", "subject: |\n      Hello\n      there"), 7, "steps[0].subject", "must be one line", None),
     (MINIMAL.replace("subject: Hello", "subject: 42"), 7, "steps[0].subject", "must be text, not a number", None),
+    (MINIMAL.replace("subject: Hello", "subject: ' '"), 7, "steps[0].subject", "is empty", None),
     (MINIMAL.replace("template: welcome.html", "template: ../secrets.txt"), 8, "steps[0].template", "'../secrets.txt' is not a file name under templates/", None),
     (MINIMAL + "reentry: sometimes\n", 9, "reentry", "must be true, false or {after: DURATION}, not text", "e.g. reentry: {after: 30d}"),
     (MINIMAL + "reentry:\n  after: soon\n", 10, "reentry.after", "'soon' is not a duration", DURATION_HINT),

@@ -163,7 +163,7 @@ def test_files_over_one_mebibyte_are_refused(tmp_path: Path) -> None:
     """A file over 1 MiB is refused before it is parsed."""
     path = tmp_path / "big.yaml"
     path.write_text("a: " + "x" * MAX_BYTES + "\n")
-    with pytest.raises(ScenarioError, match="larger than 1024 KiB") as caught:
+    with pytest.raises(ScenarioError, match="larger than 1 MiB") as caught:
         load_yaml(path)
     assert caught.value.file == str(path)
 
