@@ -57,6 +57,14 @@ class CaptureServer:
         """Answer `phase` (MAIL, RCPT or DATA) for `address` with these replies, one per attempt."""
         self._scripts[(address.lower(), phase.upper())].extend(replies)
 
+    def stall(self, address: str, seconds: float) -> None:
+        """Hold the reply to the final dot of `address`'s next message for `seconds`.
+
+        The message is still accepted afterwards, as a real server would have done; a client
+        that timed out meanwhile never saw the 250 (the "lost acknowledgement" case).
+        """
+        self._scripts[(address.lower(), "STALL")].append(str(seconds))
+
     def _scripted(self, address: str, phase: str) -> str | None:
         queue = self._scripts.get((address.lower(), phase))
         return queue.popleft() if queue else None
@@ -138,4 +146,8 @@ class CaptureServer:
         if found:
             self.by_message_id[found.group(1).decode("ascii", "replace")] = received
         self.arrived.set()
+        for address in envelope.rcpt_tos:
+            stall = self._scripted(address, "STALL")
+            if stall is not None:  # accepted and recorded, but the reply comes late
+                await asyncio.sleep(float(stall))
         return f"250 2.0.0 OK queued as C{serial:05d}"

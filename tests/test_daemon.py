@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from email.message import EmailMessage
@@ -30,6 +31,14 @@ class Running:
     stop: asyncio.Event
     task: asyncio.Task[object]
 
+    async def counts_become(self, expected: dict[str, int], timeout: float = 10.0) -> None:
+        """Wait (real time) until the messages' state counts are `expected`."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while (counts := await self.store.message_counts()) != expected:
+            if asyncio.get_running_loop().time() > deadline:
+                raise AssertionError(f"message states {counts}, expected {expected}")
+            await asyncio.sleep(0.05)
+
     async def settle(self) -> None:
         """Give the daemon real time to act on what is due now."""
         for _ in range(3):
@@ -39,17 +48,25 @@ class Running:
 
 @pytest.fixture
 async def running(tmp_path: Path, smtp_server: CaptureServer) -> AsyncIterator[Running]:
+    async with run_daemon(tmp_path, smtp_server) as daemon:
+        yield daemon
+
+
+@asynccontextmanager
+async def run_daemon(tmp_path: Path, smtp_server: CaptureServer, **sections: dict[str, object]) -> AsyncIterator[Running]:
     write_workspace(tmp_path)
-    config = make_config(tmp_path, smtp_server.port)
+    config = make_config(tmp_path, smtp_server.port, **sections)
     async with SQLiteStore(config.store) as store:
         await store.upsert_leads(make_leads(50), list_name="signups", now=MONDAY_8AM)
         clock = FakeClock(MONDAY_8AM)
         daemon = Daemon(config=config, store=store, clock=clock)
         stop = asyncio.Event()
         task: asyncio.Task[object] = asyncio.create_task(daemon.serve(stop))
-        yield Running(daemon, store, clock, smtp_server, stop, task)
-        stop.set()
-        await asyncio.wait_for(task, 10)
+        try:
+            yield Running(daemon, store, clock, smtp_server, stop, task)
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, 10)
 
 
 def _date(message: EmailMessage) -> datetime:
@@ -88,10 +105,8 @@ async def test_three_steps_arrive_step_by_step_with_waits_and_windows(running: R
             sent_at = _date(message)
             assert sent_at.date() == expected_days[step]
             assert 9 <= sent_at.hour < 17 and sent_at.weekday() < 5
-    await running.settle()
-    counts = await running.store.enrollment_counts()
-    assert counts == {"completed": 50}
-    assert await running.store.message_counts() == {"sent": 150}
+    await running.counts_become({"sent": 150})
+    assert await running.store.enrollment_counts() == {"completed": 50}
 
 
 async def test_every_received_message_parses_with_both_parts_and_is_personalized(running: Running) -> None:
@@ -125,14 +140,11 @@ async def test_a_451_is_retried_and_then_succeeds(running: Running) -> None:
     running.server.script("lead007@example.com", "RCPT", "451 4.3.0 Try again later")
     await running.clock.advance(hours=1)
     await running.server.wait_for(49)
-    await running.settle()
-    counts = await running.store.message_counts()
-    assert counts == {"sent": 49, "deferred": 1}
+    await running.counts_become({"sent": 49, "deferred": 1})
 
     await running.clock.advance(minutes=25)  # first retry: 20 minutes ±20%
     await running.server.wait_for(50)
-    await running.settle()
-    assert await running.store.message_counts() == {"sent": 50}
+    await running.counts_become({"sent": 50})
     lead = await running.store.get_lead("lead007@example.com")
     assert lead is not None and lead.id is not None
     kinds = [event.type for event in await running.store.lead_events(lead.id)]
@@ -146,10 +158,9 @@ async def test_a_550_ends_as_failed_and_is_never_retried(running: Running) -> No
     running.server.script("lead003@example.com", "RCPT", "550 5.1.1 No such user")
     await running.clock.advance(hours=1)
     await running.server.wait_for(49)
-    await running.settle()
+    await running.counts_become({"sent": 49, "failed": 1})
     await running.clock.advance(hours=6)
-    await running.settle()
-    assert await running.store.message_counts() == {"sent": 49, "failed": 1}
+    await running.counts_become({"sent": 49, "failed": 1})
     assert [c for c in running.server.commands if c == ("RCPT", "lead003@example.com")] == [("RCPT", "lead003@example.com")]
     lead = await running.store.get_lead("lead003@example.com")
     assert lead is not None and lead.id is not None
@@ -175,3 +186,23 @@ async def test_a_deferred_message_expires_after_the_maximum_age(running: Running
     attempts = [e for e in events if e in ("deferred", "expired")]
     assert 8 <= len(attempts) <= 30, "doubling from 20 minutes to a 4 hour cap over 4 days"
     assert (await running.store.message_counts()).get("expired", 0) >= 1
+
+
+async def test_a_timeout_after_the_final_dot_is_retried_under_the_same_message_id(tmp_path: Path, smtp_server: CaptureServer) -> None:
+    """No reply to the final dot within the timeout: deferred as unknown, retried, same Message-ID."""
+    timeouts = {"connect": 5, "mail": 5, "rcpt": 5, "data": 0.5}
+    async with run_daemon(tmp_path, smtp_server, timeouts=timeouts) as running:
+        smtp_server.stall("lead005@example.com", 1.5)
+        await running.clock.advance(hours=1)
+        await smtp_server.wait_for(50)  # the stalled one is accepted, its reply comes too late
+        await running.counts_become({"sent": 49, "deferred": 1})
+        lead = await running.store.get_lead("lead005@example.com")
+        assert lead is not None and lead.id is not None
+        deferred = [e for e in await running.store.lead_events(lead.id) if e.type == "deferred"]
+        assert deferred[0].data["code"] is None and "outcome unknown" in deferred[0].data["text"]
+
+        await running.clock.advance(minutes=25)
+        await smtp_server.wait_for(51)
+        await running.counts_become({"sent": 50})
+    copies = [m.parsed()["Message-ID"] for m in smtp_server.messages if m.rcpt_tos == ("lead005@example.com",)]
+    assert len(copies) == 2 and copies[0] == copies[1]

@@ -7,6 +7,7 @@ import os
 import signal
 import sqlite3
 import sys
+from datetime import datetime, timezone
 from pathlib import Path
 
 from conftest import make_leads, write_workspace
@@ -65,8 +66,6 @@ async def test_sigterm_mid_batch_loses_nothing_and_restart_finishes(tmp_path: Pa
         config = tmp_path / "mailer.toml"
         config.write_text(CONFIG.format(port=server.port))
         async with SQLiteStore(tmp_path / "mailer.db") as store:
-            from datetime import datetime, timezone
-
             await store.upsert_leads(make_leads(50), list_name="signups", now=datetime.now(timezone.utc))
 
         daemon = await start_daemon(config)
