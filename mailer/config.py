@@ -31,6 +31,7 @@ class RelayConfig:
     port: int = 25
     tls: str = "none"  # none | starttls | implicit
     verify_certificate: bool = True
+    ca_file: str = ""  # CA bundle to trust for the relay (PEM); empty means the system's
     username: str = ""
     password_env: str = "MAILER_RELAY_PASSWORD"  # the password is read from this variable
     helo: str = ""  # the name to greet with; empty means this host's FQDN
@@ -193,6 +194,8 @@ def parse_config(raw: dict[str, Any], *, text: str = "", path: Path | None = Non
     for key in _PATH_KEYS:
         values.setdefault(key, base / getattr(Config, key))
     config = Config(**values)
+    if config.relay.ca_file and not Path(config.relay.ca_file).is_absolute():
+        config = dataclasses.replace(config, relay=dataclasses.replace(config.relay, ca_file=str(base / config.relay.ca_file)))
     if config.relay.tls not in ("none", "starttls", "implicit"):
         raise where.error("relay.tls", f"unknown TLS mode {config.relay.tls!r}", 'use "none", "starttls" or "implicit"')
     if config.clock.start:
@@ -308,6 +311,7 @@ host = "127.0.0.1"
 port = 25
 tls = "none"                     # "none", "starttls" or "implicit" (port 465)
 verify_certificate = true
+ca_file = ""                     # PEM CA bundle to trust for the relay; empty = the system's
 username = ""                    # AUTH user; empty for no AUTH
 password_env = "MAILER_RELAY_PASSWORD"   # the AUTH password is read from this variable
 helo = ""                        # the EHLO name; empty means this host's name

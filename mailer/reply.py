@@ -10,6 +10,11 @@ from enum import StrEnum
 _ENHANCED = re.compile(r"^([245])\.(\d{1,3})\.(\d{1,3})(?=\s|$)")
 
 
+# A refusal while setting up the session (greeting, EHLO, STARTTLS, AUTH) refuses us, the
+# sender, not the recipient: the message waits for the operator, it never fails for it.
+SESSION_COMMANDS = frozenset({"CONNECT", "EHLO", "STARTTLS", "AUTH"})
+
+
 class Verdict(StrEnum):
     """What a reply means for the message, before any bounce intelligence."""
 
@@ -47,7 +52,7 @@ class SMTPReply:
 
     @property
     def verdict(self) -> Verdict:
-        if self.code is None:
+        if self.code is None or self.command in SESSION_COMMANDS:
             return Verdict.TEMPORARY
         if 200 <= self.code < 300:
             return Verdict.ACCEPTED

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import re
+import ssl
 from collections import defaultdict, deque
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -18,7 +19,7 @@ from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
-from aiosmtpd.smtp import SMTP, Envelope, Session
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
 _MESSAGE_ID = re.compile(rb"^Message-ID:\s*(<[^>\r\n]+>)", re.IGNORECASE | re.MULTILINE)
 
@@ -30,6 +31,8 @@ class Received:
     data: bytes
     received_at: datetime
     path: Path | None
+    tls: bool = False
+    login: str | None = None
 
     def parsed(self) -> EmailMessage:
         message = message_from_bytes(self.data, policy=policy.default)
@@ -40,13 +43,28 @@ class Received:
 class CaptureServer:
     """Receives mail on 127.0.0.1, records it, optionally saves each as an .eml file."""
 
-    def __init__(self, *, save_to: Path | None = None, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(
+        self,
+        *,
+        save_to: Path | None = None,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        starttls: ssl.SSLContext | None = None,
+        implicit_tls: ssl.SSLContext | None = None,
+        logins: dict[str, str] | None = None,
+    ) -> None:
+        """`starttls` offers STARTTLS with that context; `implicit_tls` speaks TLS from the
+        first byte (port 465 style); `logins` requires AUTH with one of these user/password."""
         self.host = host
         self.port = port
         self.save_to = save_to
+        self.starttls = starttls
+        self.implicit_tls = implicit_tls
+        self.logins = logins
         self.messages: list[Received] = []
         self.by_message_id: dict[str, Received] = {}
-        self.commands: list[tuple[str, str]] = []  # (phase, argument) as seen on the wire
+        self.commands: list[tuple[str, str]] = []
+        self.connections = 0  # SMTP sessions opened  # (phase, argument) as seen on the wire
         self.data_delay = 0.0  # seconds to wait before answering the final dot
         self._scripts: dict[tuple[str, str], deque[str]] = defaultdict(deque)
         self._server: asyncio.base_events.Server | None = None
@@ -74,12 +92,27 @@ class CaptureServer:
         if self.save_to is not None:
             self.save_to.mkdir(parents=True, exist_ok=True)
         self._server = await loop.create_server(
-            lambda: SMTP(self, hostname="capture.test", enable_SMTPUTF8=True, data_size_limit=None),
+            lambda: self._session(SMTP(
+                self,
+                hostname="capture.test",
+                enable_SMTPUTF8=True,
+                data_size_limit=None,
+                tls_context=self.starttls,
+                auth_required=self.logins is not None,
+                auth_require_tls=self.starttls is not None,
+                authenticator=self._authenticate if self.logins is not None else None,
+            )),
             self.host,
             self.port,
+            ssl=self.implicit_tls,
         )
+
         self.port = self._server.sockets[0].getsockname()[1]
         return self
+
+    def _session(self, session: SMTP) -> SMTP:
+        self.connections += 1
+        return session
 
     async def stop(self) -> None:
         if self._server is not None:
@@ -102,6 +135,14 @@ class CaptureServer:
 
         await asyncio.wait_for(arrived(), timeout)
         return self.messages
+
+    def _authenticate(self, server: SMTP, session: Session, envelope: Envelope, mechanism: str, data: Any) -> AuthResult:
+        assert self.logins is not None
+        if isinstance(data, LoginPassword):
+            user, password = data.login.decode(), data.password.decode()
+            if self.logins.get(user) == password:
+                return AuthResult(success=True, auth_data=user)
+        return AuthResult(success=False, handled=False)
 
     # aiosmtpd handler hooks -----------------------------------------------------------
 
@@ -135,6 +176,8 @@ class CaptureServer:
             path = self.save_to / f"{serial:05d}.eml"
             path.write_bytes(data)
         received = Received(
+            tls=session.ssl is not None or self.implicit_tls is not None,
+            login=session.auth_data if isinstance(session.auth_data, str) else None,
             mail_from=str(envelope.mail_from),
             rcpt_tos=tuple(envelope.rcpt_tos),
             data=data,

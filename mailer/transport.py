@@ -43,6 +43,7 @@ class SMTPConnection:
             use_tls=self.relay.tls == "implicit",
             start_tls=True if self.relay.tls == "starttls" else False,
             validate_certs=self.relay.verify_certificate,
+            cert_bundle=self.relay.ca_file or None,
             local_hostname=self.relay.helo or None,
             username=self.relay.username or None,
             password=password,
