@@ -226,7 +226,7 @@ class MessageLayout:
     def _subject_field(self, subject: str) -> str:
         field = self._subjects.get(subject)
         if field is None:
-            field = _subject_field(subject)
+            field = _encode_subject(subject)
             if len(self._subjects) >= _SUBJECT_CACHE_SIZE:
                 self._subjects.clear()
             self._subjects[subject] = field
@@ -256,8 +256,9 @@ def _quoted_printable_line(line: str) -> bytes:
 
     b2a_qp keeps lines to 76 characters (RFC 2045 6.7 rule 5), encodes "=", controls, 8-bit
     octets and white space at the end (rules 1-3) and a line holding just "." as "=2E". A line
-    starting with "." or "From " needs no more: the SMTP client dot-stuffs (RFC 5321 4.5.2)
-    and "From " is only special in mbox files, which are written after delivery.
+    starting with "." needs no more, the SMTP client dot-stuffs it (RFC 5321 4.5.2). One
+    starting with "From " is left alone: at worst an mbox file gains a ">" before it after
+    delivery (RFC 4155 appendix A), and "=46rom" would push the line past 76.
     """
     return binascii.b2a_qp(line.encode("utf-8"), istext=True).replace(b"\n", b"\r\n")
 
@@ -317,7 +318,7 @@ def _is_plain_text(value: str) -> bool:
     )
 
 
-def _subject_field(subject: str) -> str:
+def _encode_subject(subject: str) -> str:
     if _FORBIDDEN.search(subject):
         raise HeaderInjectionError("Subject", subject)
     if _is_plain_text(subject):
@@ -356,7 +357,7 @@ def _folded_text(name: str, value: str) -> str | None:
 
 
 def _encoded_field(name: str, value: str) -> str:
-    """`name: value` with `value` in RFC 2047 encoded-words, one per line."""
+    """`name: value` with `value` in RFC 2047 encoded-words, each filling a folded line."""
     prefix = f"{name}: "
     return "\r\n".join(_fold(prefix, _encoded_words(value, FOLD_AT - len(prefix)))) + "\r\n"
 

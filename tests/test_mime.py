@@ -34,7 +34,10 @@ MESSAGE_ID = "<18ea55e186784259.20c7946a7315d154@acme.example>"
 JA_SUBJECT = "【ご案内】ウェビナーのお知らせ — 第3回 マーケティング自動化の実践セミナー（オンライン開催）"
 JA_LONG_NAME = "株式会社サンプルマーケティング 営業本部 山田 太郎"
 TEXT = "Hi Taro,\n\nThanks for signing up.\n\n-- \nAcme\n"
-HTML = '<p style="color:#333">Hi Taro,</p>\n<p>Thanks for <a href="https://acme.example/?a=1&amp;b=2">signing up</a>.</p>\n'
+HTML = (
+    '<p style="color:#333">Hi Taro,</p>\n'
+    '<p>Thanks for <a href="https://acme.example/?a=1&amp;b=2">signing up</a>.</p>\n'
+)
 
 # Unicode domains and what IDNA makes of them (RFC 5890), from the idna package's own tests.
 PUNYCODE = {
@@ -94,7 +97,7 @@ def _raw_field(raw: bytes, name: str) -> str:
 
 
 def _decode_encoded_words(words: str) -> str:
-    """Adjacent encoded-words decoded as RFC 2047 6.2 says: the white space between them dropped."""
+    """Adjacent encoded-words decoded as RFC 2047 6.2 says, dropping the white space between."""
     decoded = b""
     for word in words.split():
         match = ENCODED_WORD.fullmatch(word)
@@ -109,9 +112,10 @@ def _mailbox(message: EmailMessage, raw: bytes, name: str) -> tuple[str, str] | 
     """(display name, addr-spec) of header `name` as a reader sees them.
 
     A display name in encoded-words is decoded here as RFC 2047 says, and CPython's reading is
-    checked against it allowing for two quirks: it reads runs of white space inside a word as
-    one space, as if they were folding white space (RFC 5322 3.2.2), and it keeps the white
-    space between adjacent words (python/cpython#128110).
+    checked against it allowing for two quirks: it reads a space or tab inside a word, with
+    any Unicode white space after it (str.lstrip), as one space, as if it were folding white
+    space (RFC 5322 3.2.2), and it keeps the white space between adjacent words
+    (python/cpython#128110).
     """
     header = message[name]
     if header is None:
@@ -122,7 +126,7 @@ def _mailbox(message: EmailMessage, raw: bytes, name: str) -> tuple[str, str] | 
     raw_name = _raw_field(raw, name).rpartition(" <")[0]
     if not ENCODED_WORD.search(raw_name):
         return address.display_name, addr_spec
-    words = [re.sub(r"[ \t]+", " ", _decode_encoded_words(word)) for word in raw_name.split()]
+    words = [re.sub(r"[ \t]\s*", " ", _decode_encoded_words(word)) for word in raw_name.split()]
     between_words = " " if CPYTHON_SPLITS_DISPLAY_NAMES else ""
     assert address.display_name == between_words.join(words)
     return _decode_encoded_words(raw_name), addr_spec
@@ -163,9 +167,14 @@ def _expected_mailbox(mailbox: Mailbox | None) -> tuple[str, str] | None:
     return mailbox.display_name, f"{local_part}@{PUNYCODE.get(domain, domain)}"
 
 
+def _verbatim(value: str) -> bool:
+    """Whether an extra header value goes out as is: printable ASCII and tabs."""
+    return value.isascii() and value.replace("\t", " ").isprintable()
+
+
 def _expected_value(value: str) -> str:
-    # An ASCII value goes verbatim, and readers drop the white space after the colon.
-    return value.lstrip(" \t") if value.isascii() else value
+    # Readers drop the white space after the colon of a verbatim value.
+    return value.lstrip(" \t") if _verbatim(value) else value
 
 
 def _intended(
@@ -207,8 +216,9 @@ def _check_wire(raw: bytes) -> None:
     assert message["MIME-Version"] == "1.0"
     for part in message.iter_parts():
         assert part["Content-Transfer-Encoding"] == "quoted-printable"
-        payload = part.get_payload().encode("ascii")
-        for line in payload.split(b"\r\n"):
+        payload = part.get_payload()
+        assert isinstance(payload, str)
+        for line in payload.encode("ascii").split(b"\r\n"):
             assert len(line) <= 76  # RFC 2045 6.7 rule 5
             assert QP_LINE.fullmatch(line), line
             assert not line.endswith((b" ", b"\t"))  # RFC 2045 6.7 rule 3
@@ -218,8 +228,9 @@ def _check(**fields: Any) -> bytes:
     """Assemble a message from `fields`, check its wire form and that it reads back as meant."""
     raw = _assemble(**fields)
     _check_wire(raw)
-    extra_names = [name for name, _ in [*fields.get("headers", ()), *fields.get("layout_headers", ())]]
-    assert _semantics(raw, list(dict.fromkeys(extra_names))) == _intended(**fields)
+    headers = [*fields.get("headers", ()), *fields.get("layout_headers", ())]
+    extra_names = list(dict.fromkeys(name for name, _ in headers))
+    assert _semantics(raw, extra_names) == _intended(**fields)
     return raw
 
 
@@ -261,8 +272,12 @@ def test_hostile_bodies_are_carried_intact(body: str) -> None:
     ],
 )
 def test_subjects_and_names_read_back_exactly(subject: str, name: str) -> None:
-    """Subjects and display names, ASCII, Japanese, emoji, hostile or very long, read back exactly."""
-    _check(subject=subject, to=Mailbox("taro@example.jp", name), sender=Mailbox(SENDER.address, name))
+    """Subjects and display names, ASCII, Japanese, emoji, hostile or very long, read back."""
+    _check(
+        subject=subject,
+        to=Mailbox("taro@example.jp", name),
+        sender=Mailbox(SENDER.address, name),
+    )
 
 
 def test_japanese_subject_is_several_short_encoded_words() -> None:
@@ -314,8 +329,11 @@ def test_a_body_holding_the_boundary_itself_cannot_end_its_part() -> None:
     probe = layout.assemble(to=TO, subject="s", message_id=MESSAGE_ID, date=DATE, text="", html="")
     boundary = re.search(rb'boundary="([^"]+)"', probe)
     assert boundary is not None
-    hostile = f"--{boundary.group(1).decode()}\r\nContent-Type: text/html\r\n\r\nevil\r\n--{boundary.group(1).decode()}--\r\n"
-    raw = layout.assemble(to=TO, subject="s", message_id=MESSAGE_ID, date=DATE, text=hostile, html=hostile)
+    delimiter = f"--{boundary.group(1).decode()}"
+    hostile = f"{delimiter}\r\nContent-Type: text/html\r\n\r\nevil\r\n{delimiter}--\r\n"
+    raw = layout.assemble(
+        to=TO, subject="s", message_id=MESSAGE_ID, date=DATE, text=hostile, html=hostile
+    )
     _check_wire(raw)
     parts = _semantics(raw)["parts"]
     assert parts == [("text/plain", "utf-8", _lf(hostile)), ("text/html", "utf-8", _lf(hostile))]
@@ -361,7 +379,7 @@ def test_non_ascii_local_part_is_raw_utf8_and_needs_smtputf8() -> None:
 
 
 def test_display_names_with_specials_are_quoted() -> None:
-    """An ASCII display name with specials is a quoted-string with quotes and backslashes escaped."""
+    """An ASCII name with specials is a quoted-string, its quotes and backslashes escaped."""
     raw = _check(to=Mailbox("j@example.com", 'Smith, John "JJ" \\ Jr.'))
     assert b'To: "Smith, John \\"JJ\\" \\\\ Jr." <j@example.com>\r\n' in raw
     raw = _check(to=Mailbox("j@example.com", "John Smith"))
@@ -378,7 +396,10 @@ def test_extra_headers_of_layout_and_message_are_written() -> None:
     """Constant and per-message extra headers are both written, ASCII ones verbatim."""
     unsubscribe = "<https://acme.example/u/abc?x=1>, <mailto:u@acme.example?subject=unsubscribe>"
     raw = _check(
-        layout_headers=[("X-Campaign", "spring"), ("List-Unsubscribe-Post", "List-Unsubscribe=One-Click")],
+        layout_headers=[
+            ("X-Campaign", "spring"),
+            ("List-Unsubscribe-Post", "List-Unsubscribe=One-Click"),
+        ],
         headers=[("List-Unsubscribe", unsubscribe), ("X-Lead-Note", "会社名: サンプル")],
     )
     assert _raw_field(raw, "List-Unsubscribe") == unsubscribe
@@ -394,7 +415,7 @@ INJECTION_SITES: list[tuple[str, Build]] = [
     ("To", lambda bad: _assemble(to=Mailbox(f"taro@example.jp{bad}", "Taro"))),
     ("From", lambda bad: MessageLayout(sender=Mailbox(SENDER.address, f"Acme{bad}"))),
     ("From", lambda bad: MessageLayout(sender=Mailbox(f"news{bad}@acme.example"))),
-    ("Reply-To", lambda bad: MessageLayout(sender=SENDER, reply_to=Mailbox("r@acme.example", f"R{bad}"))),
+    ("Reply-To", lambda bad: MessageLayout(sender=SENDER, reply_to=Mailbox("r@a.jp", f"R{bad}"))),
     ("X-Step", lambda bad: MessageLayout(sender=SENDER, headers=[("X-Step", f"one{bad}")])),
     ("X-Lead", lambda bad: _assemble(headers=[("X-Lead", f"7{bad}")])),
     ("X-Lead", lambda bad: _assemble(headers=[("X-Lead", f"日本{bad}")])),
@@ -406,7 +427,7 @@ INJECTION_SITES: list[tuple[str, Build]] = [
 @pytest.mark.parametrize("bad", INJECTIONS)
 @pytest.mark.parametrize(("header", "build"), INJECTION_SITES)
 def test_cr_lf_or_nul_in_any_header_value_is_refused(header: str, build: Build, bad: str) -> None:
-    """CR, LF, CRLF or NUL in a subject, name, address or header value raises HeaderInjectionError."""
+    """CR, LF or NUL in a subject, name, address or header value raises HeaderInjectionError."""
     with pytest.raises(HeaderInjectionError) as caught:
         build(bad)
     assert caught.value.header == header
@@ -420,7 +441,9 @@ def test_cr_lf_or_nul_in_a_header_name_is_refused(bad: str) -> None:
         _assemble(headers=[(f"X-Lead{bad}", "7")])
 
 
-@pytest.mark.parametrize("name", ["", "X Lead", "X-Lead:", "X-Lëad", "X" * 77, "Subject", "content-type", "FROM"])
+@pytest.mark.parametrize(
+    "name", ["", "X Lead", "X-Lead:", "X-Lëad", "X" * 77, "Subject", "content-type", "FROM"]
+)
 def test_names_that_are_not_free_field_names_are_refused(name: str) -> None:
     """A header name that is not a field name, or one the layout writes, raises ValueError."""
     with pytest.raises(ValueError):
@@ -440,7 +463,9 @@ def test_malformed_addresses_are_refused(address: str) -> None:
         _assemble(to=Mailbox(address, "Taro"))
 
 
-@pytest.mark.parametrize("message_id", ["", "a@b", "<a>", "<a b@c>", "<a@b@c>", "<a@b>x", "<日本@b>"])
+@pytest.mark.parametrize(
+    "message_id", ["", "a@b", "<a>", "<a b@c>", "<a@b@c>", "<a@b>x", "<日本@b>"]
+)
 def test_malformed_message_ids_are_refused(message_id: str) -> None:
     """A Message-ID that is not <id-left@id-right> raises ValueError."""
     with pytest.raises(ValueError):
@@ -466,8 +491,14 @@ def test_naive_dates_are_refused() -> None:
     ("date", "written"),
     [
         (DATE, "Wed, 01 May 2024 09:30:15 +0900"),
-        (datetime(2024, 1, 7, 23, 0, tzinfo=timezone(-timedelta(hours=3, minutes=30))), "Sun, 07 Jan 2024 23:00:00 -0330"),
-        (datetime(2024, 1, 1, 0, 0, tzinfo=timezone(timedelta(seconds=555))), "Sun, 31 Dec 2023 23:50:45 +0000"),
+        (
+            datetime(2024, 1, 7, 23, 0, tzinfo=timezone(-timedelta(hours=3, minutes=30))),
+            "Sun, 07 Jan 2024 23:00:00 -0330",
+        ),
+        (
+            datetime(2024, 1, 1, 0, 0, tzinfo=timezone(timedelta(seconds=555))),
+            "Sun, 31 Dec 2023 23:50:45 +0000",
+        ),
     ],
 )
 def test_dates_are_rfc5322(date: datetime, written: str) -> None:
@@ -513,7 +544,7 @@ def test_reads_back_like_the_stdlib_reference(fields: dict[str, Any]) -> None:
 
 
 def test_line_cache_never_changes_the_output(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A layout reused for many messages, its caches emptied as they fill, writes each one right."""
+    """A layout reused for many messages, its caches emptied as they fill, writes each right."""
     monkeypatch.setattr(mime, "_QP_CACHE_CHARS", 50)
     monkeypatch.setattr(mime, "_SUBJECT_CACHE_SIZE", 3)
     layout = MessageLayout(sender=SENDER, reply_to=REPLY_TO)
@@ -522,13 +553,20 @@ def test_line_cache_never_changes_the_output(monkeypatch: pytest.MonkeyPatch) ->
         subject = f"Hello {i % 5}"
         text = f"Hi lead {i},\n{TEXT}" + "é" * i
         html = f"<p>lead {i}</p>\n{HTML}"
-        raw = layout.assemble(to=TO, subject=subject, message_id=MESSAGE_ID, date=DATE, text=text, html=html)
+        raw = layout.assemble(
+            to=TO, subject=subject, message_id=MESSAGE_ID, date=DATE, text=text, html=html
+        )
         if i == 0:
             first = raw
         _check_wire(raw)
         assert _semantics(raw) == _intended(subject=subject, text=text, html=html)
     again = layout.assemble(
-        to=TO, subject="Hello 0", message_id=MESSAGE_ID, date=DATE, text=f"Hi lead 0,\n{TEXT}", html=f"<p>lead 0</p>\n{HTML}"
+        to=TO,
+        subject="Hello 0",
+        message_id=MESSAGE_ID,
+        date=DATE,
+        text=f"Hi lead 0,\n{TEXT}",
+        html=f"<p>lead 0</p>\n{HTML}",
     )
     assert again == first
 
@@ -553,7 +591,7 @@ EXTRA_HEADERS = st.lists(
 )
 
 
-@settings(max_examples=5000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     sender=MAILBOXES,
     reply_to=st.none() | MAILBOXES,
@@ -577,8 +615,8 @@ def test_any_message_reads_back_as_meant(
     headers: list[tuple[str, str]],
 ) -> None:
     """Random subjects, names, addresses, dates, bodies and extra headers all read back exactly."""
-    # An ASCII extra value goes verbatim, so one that looks like an encoded-word is decoded.
-    assume(not any(value.isascii() and "=?" in value for _, value in headers))
+    # A verbatim extra value that looks like an encoded-word is decoded by readers.
+    assume(not any(_verbatim(value) and "=?" in value for _, value in headers))
     _check(
         sender=sender,
         reply_to=reply_to,
