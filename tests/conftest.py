@@ -6,10 +6,15 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from mailer.config import Config, parse_config
 from mailer.leads import Lead
 from mailer.testing import CaptureServer
+
+# Machines here are shared and noisy: property tests judge correctness, not speed.
+settings.register_profile("mailer", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("mailer")
 
 LAYOUT = """<!DOCTYPE html>
 <html><head><style>
