@@ -231,6 +231,7 @@ def _counts(counts: dict[str, int]) -> str:
 def _demo(args: argparse.Namespace) -> int:
     from mailer.demo import run_demo
 
+    logging.getLogger("mailer").setLevel(logging.WARNING)  # the demo prints its own story
     return asyncio.run(run_demo(workspace=args.workspace, days=args.days, seconds=args.seconds))
 
 

@@ -98,10 +98,16 @@ async def run_demo(*, workspace: Path | None, days: float, seconds: float) -> in
             report = await daemon.serve(stop)
             await watcher
             enrollments = await store.enrollment_counts()
+            steps = await store.step_counts()
     print(
         f"\n{report.outcomes.get('sent', 0)} messages sent, {len(server.messages)} received; "
         f"enrollments: {', '.join(f'{k} {v}' for k, v in sorted(enrollments.items()))}"
     )
+    for scenario in daemon.scenarios.values():
+        for step in scenario.steps:
+            step_counts = steps.get((scenario.name, step.id), {})
+            detail = ", ".join(f"{kind} {n}" for kind, n in sorted(step_counts.items())) or "none yet"
+            print(f"  {scenario.name} / {step.id:<11} {detail}")
     print(f"open the messages in {inbox} (any mail client reads .eml), or run")
     print(f"  mailer --config {workspace / 'mailer.toml'} status")
     return 0

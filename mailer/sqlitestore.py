@@ -96,7 +96,6 @@ MIGRATIONS: tuple[str, ...] = (
         UNIQUE (enrollment_id, step_id)
     );
     CREATE INDEX messages_due ON messages (next_attempt_at) WHERE state IN ('queued', 'deferred');
-    CREATE INDEX messages_state ON messages (state);
     CREATE TABLE events (
         id INTEGER PRIMARY KEY,
         at INTEGER NOT NULL,
@@ -507,7 +506,9 @@ class SQLiteStore:
     ) -> list[ClaimedMessage]:
         """Lease due messages for one attempt each: queued or deferred → sending."""
         stamp = ms(now)
-        claimable = ",".join(f"'{state}'" for state in sorted(CLAIMABLE))
+        # Written exactly as the partial index's WHERE, so SQLite can prove it applies.
+        claimable = "'queued', 'deferred'"
+        assert {MessageState(x.strip(" '")) for x in claimable.split(",")} == CLAIMABLE
         async with self.transaction():
             rows = await self._fetchall(
                 f"""
@@ -628,6 +629,18 @@ class SQLiteStore:
     async def message_counts(self) -> dict[str, int]:
         rows = await self._fetchall("SELECT state, count(*) FROM messages GROUP BY state")
         return {state: count for state, count in rows}
+
+    async def step_counts(self) -> dict[tuple[str, str], dict[str, int]]:
+        """Per (scenario, step): how many messages were sent, failed, or steps skipped."""
+        rows = await self._fetchall(
+            "SELECT scenario, step_id, type, count(*) FROM events "
+            "WHERE step_id IS NOT NULL AND type IN ('sent', 'skipped', 'failed', 'expired', 'suppressed') "
+            "GROUP BY scenario, step_id, type"
+        )
+        counts: dict[tuple[str, str], dict[str, int]] = {}
+        for scenario, step, kind, count in rows:
+            counts.setdefault((scenario, step), {})[kind] = count
+        return counts
 
     async def enrollment_counts(self) -> dict[str, int]:
         rows = await self._fetchall("SELECT state, count(*) FROM enrollments GROUP BY state")

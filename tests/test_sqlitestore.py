@@ -563,3 +563,28 @@ async def test_suppress_twice_keeps_the_first_reason(store: SQLiteStore) -> None
     await store.suppress([Suppression("a@example.com", "hard-bounce")], now=T0)
     await store.suppress([Suppression("a@example.com", "manual")], now=T0)
     assert rows(store, "SELECT email, list, reason FROM suppressions") == [("a@example.com", "", "hard-bounce")]
+
+
+async def test_due_enrollments_are_found_through_the_index_not_a_scan(tmp_path: Path) -> None:
+    """The scheduler's query uses the partial index on due_at; it never scans all enrollments."""
+    async with SQLiteStore(tmp_path / "plan.db"):
+        pass
+    with sqlite3.connect(tmp_path / "plan.db") as db:
+        plan = " ".join(
+            str(row[-1])
+            for row in db.execute(
+                "EXPLAIN QUERY PLAN SELECT e.id FROM enrollments e JOIN leads l ON l.id = e.lead_id "
+                "WHERE e.state = 'active' AND e.due_at <= ? ORDER BY e.due_at, e.id LIMIT 500",
+                (0,),
+            )
+        )
+        assert "enrollments_due" in plan, plan
+        plan = " ".join(
+            str(row[-1])
+            for row in db.execute(
+                "EXPLAIN QUERY PLAN SELECT id FROM messages WHERE state IN ('queued', 'deferred') "
+                "AND next_attempt_at <= ? ORDER BY next_attempt_at LIMIT 10",
+                (0,),
+            )
+        )
+        assert "messages_due" in plan, plan
