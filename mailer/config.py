@@ -110,6 +110,17 @@ class SchedulerConfig:
 
 
 @dataclass(frozen=True)
+class BouncesConfig:
+    """Where bounces come back, and when soft bounces add up to a suppression."""
+
+    domain: str = ""  # the VERP bounce domain (its MX points at `listen`); empty: no VERP
+    local_part: str = "bounces"  # VERP addresses are local_part+token@domain
+    listen: str = "127.0.0.1:2525"  # the daemon's inbound SMTP listener, when domain is set
+    soft_limit: int = 3  # this many soft bounces …
+    soft_window: timedelta = timedelta(days=7)  # … within this window suppress the address
+
+
+@dataclass(frozen=True)
 class Config:
     path: Path | None = None  # the file this came from; None for the embedded defaults
     store: Path = Path("mailer.db")
@@ -125,10 +136,18 @@ class Config:
     retry: RetryConfig = RetryConfig()
     clock: ClockConfig = ClockConfig()
     scheduler: SchedulerConfig = SchedulerConfig()
+    bounces: BouncesConfig = BouncesConfig()
+
+    def secret_keys(self) -> list[bytes]:
+        """Every key in the key file, the current one first (older ones verify old links)."""
+        self.secret_key()
+        text = self.secret_key_file.read_text(encoding="utf-8")
+        return [line.strip().encode() for line in text.splitlines() if line.strip() and not line.startswith("#")]
 
     def secret_key(self) -> bytes:
         try:
-            key = self.secret_key_file.read_bytes().strip()
+            lines = self.secret_key_file.read_bytes().strip().splitlines()
+            key = lines[0].strip() if lines else b""
         except OSError as error:
             raise ConfigError(
                 f"cannot read the secret key ({error.strerror})",
@@ -151,6 +170,7 @@ _SECTIONS: dict[str, type] = {
     "retry": RetryConfig,
     "clock": ClockConfig,
     "scheduler": SchedulerConfig,
+    "bounces": BouncesConfig,
 }
 _PATH_KEYS = ("store", "scenarios", "templates", "secret_key_file")
 _TYPE_WORDS = {str: "a string", int: "a whole number", float: "a number", bool: "true or false"}
@@ -346,4 +366,11 @@ start = ""                       # ISO 8601 start of the virtual clock; empty = 
 [scheduler]
 poll_interval = "1m"
 entry_interval = "5m"
+
+[bounces]                        # bounces come back to local_part+<signed token>@domain (VERP)
+domain = ""                      # e.g. "bounce.acme.example", its MX pointing at this host
+local_part = "bounces"
+listen = "127.0.0.1:2525"        # the daemon's inbound SMTP listener for that domain
+soft_limit = 3                   # this many soft bounces within soft_window suppress an address
+soft_window = "7d"
 """

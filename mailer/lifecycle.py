@@ -1,6 +1,6 @@
 """The message lifecycle: one transition table, and nothing else decides state changes.
 
-    queued ──► sending ──► sent
+    queued ──► sending ──► sent ──► bounced   (a bounce message arrived later)
       │          │  ├────► deferred ──► sending (retry) …
       │          │  ├────► failed          (5xx, or a message that cannot be built)
       │          │  ├────► expired         (4xx past the retry policy's maximum age)
@@ -26,6 +26,7 @@ class MessageState(StrEnum):
     FAILED = "failed"
     EXPIRED = "expired"
     SUPPRESSED = "suppressed"
+    BOUNCED = "bounced"
 
 
 S = MessageState
@@ -34,13 +35,16 @@ TRANSITIONS: dict[MessageState, frozenset[MessageState]] = {
     S.QUEUED: frozenset({S.SENDING, S.SUPPRESSED}),
     S.SENDING: frozenset({S.SENT, S.DEFERRED, S.FAILED, S.EXPIRED, S.SUPPRESSED, S.QUEUED}),
     S.DEFERRED: frozenset({S.SENDING, S.EXPIRED, S.SUPPRESSED}),
-    S.SENT: frozenset(),
+    S.SENT: frozenset({S.BOUNCED}),
+    S.BOUNCED: frozenset(),
     S.FAILED: frozenset(),
     S.EXPIRED: frozenset(),
     S.SUPPRESSED: frozenset(),
 }
 
 TERMINAL: frozenset[MessageState] = frozenset(s for s, nexts in TRANSITIONS.items() if not nexts)
+# No attempt follows these (a sent message may still be marked bounced later).
+DELIVERY_DONE: frozenset[MessageState] = TERMINAL | {S.SENT}
 # States from which a message may be claimed for an attempt.
 CLAIMABLE: frozenset[MessageState] = frozenset({S.QUEUED, S.DEFERRED})
 

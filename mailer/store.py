@@ -74,6 +74,30 @@ class ClaimedMessage:
 
 
 @dataclass(frozen=True)
+class BounceRecord:
+    """One bounce decision with its evidence: what came back, the rule that read it, the action."""
+
+    at: datetime
+    source: str  # smtp (a reply during delivery) | dsn (a bounce message at the listener) | ingest (a file)
+    email: str
+    kind: str  # bounce | feedback | vacation | delivered
+    reason: str
+    bounce_class: str
+    action: str
+    status: str | None = None
+    reply_code: int | None = None
+    diagnostic: str = ""
+    rule: str = ""
+    remote_host: str = ""
+    message: int | None = None  # messages.id when the bounce was matched to a message
+    lead_id: int | None = None
+    evidence: bytes = b""  # the raw bounce message, or the SMTP reply line
+    suppression: str | None = None  # the suppression reason written with it, if any
+    id: int | None = None
+    undone_at: datetime | None = None
+
+
+@dataclass(frozen=True)
 class Outcome:
     """The recorded result of one attempt, or a decision not to attempt."""
 
@@ -84,6 +108,7 @@ class Outcome:
     reply: SMTPReply | None = None
     next_attempt_at: datetime | None = None
     detail: str = ""
+    bounce: BounceRecord | None = None  # the classified refusal, written with the outcome
 
 
 @dataclass(frozen=True)
@@ -93,6 +118,19 @@ class EventRecord:
     scenario: str | None
     step_id: str | None
     data: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class MessageRef:
+    """Enough of a stored message to act on a bounce for it."""
+
+    id: int
+    message_id: str
+    lead_id: int
+    email: str
+    scenario: str
+    step_id: str
+    state: MessageState
 
 
 @dataclass(frozen=True)
@@ -142,5 +180,10 @@ class Store(Protocol):
     async def next_wakeup(self) -> datetime | None: ...
     async def message_counts(self) -> dict[str, int]: ...
 
-    # suppressions
+    # suppressions and bounces
     async def suppress(self, suppressions: Sequence[Suppression], *, now: datetime) -> None: ...
+    async def soft_bounces_since(self, email: str, since: datetime) -> int: ...
+    async def record_bounce(self, bounce: BounceRecord) -> int: ...
+    async def find_message(self, *, row_id: int | None = None, message_id: str | None = None) -> MessageRef | None: ...
+    async def bounces(self, *, email: str | None = None, limit: int = 50) -> list[BounceRecord]: ...
+    async def undo_bounce(self, bounce_id: int, *, now: datetime) -> BounceRecord | None: ...

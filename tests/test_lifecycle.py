@@ -38,7 +38,7 @@ def test_table_covers_every_state() -> None:
 
 def test_terminal_states_have_no_exits() -> None:
     """Sent, failed, expired and suppressed are final: nothing moves a message out of them."""
-    assert TERMINAL == {S.SENT, S.FAILED, S.EXPIRED, S.SUPPRESSED}
+    assert TERMINAL == {S.BOUNCED, S.FAILED, S.EXPIRED, S.SUPPRESSED}
     for state in TERMINAL:
         assert TRANSITIONS[state] == frozenset()
         for target in MessageState:
@@ -84,7 +84,7 @@ def test_progress_only_through_sending() -> None:
 
 def test_suppression_is_possible_from_every_live_state() -> None:
     """A lead who unsubscribes stops every message not yet final, whatever its state."""
-    assert sources_of(S.SUPPRESSED) == set(MessageState) - TERMINAL
+    assert sources_of(S.SUPPRESSED) == set(MessageState) - TERMINAL - {S.SENT}
 
 
 def test_sources_of_inverts_the_table() -> None:
@@ -103,5 +103,5 @@ def test_claimable_states_can_start_an_attempt() -> None:
 def test_states_are_their_stored_strings() -> None:
     """State values are the lower-case words stored in the database."""
     assert [str(s) for s in MessageState] == [
-        "queued", "sending", "sent", "deferred", "failed", "expired", "suppressed",
+        "queued", "sending", "sent", "deferred", "failed", "expired", "suppressed", "bounced",
     ]
