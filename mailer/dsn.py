@@ -1,0 +1,446 @@
+"""Read a returned email into per-recipient bounce verdicts. Pure: bytes in, values out.
+
+Recognised, in this order: RFC 5965 ARF feedback reports, RFC 3464 delivery status
+notifications (``multipart/report; report-type=delivery-status``, also RFC 6533's
+``message/global-delivery-status``), the plain-text layouts of MTAs that do not send RFC 3464
+(`mailer.mta.text`), and RFC 3834 automatic replies. Anything else is "not-bounce".
+`parse_bounce` never raises: a bounce is outside input and may be anything.
+"""
+
+from __future__ import annotations
+
+import email
+import re
+from dataclasses import dataclass, replace
+from email.header import decode_header, make_header
+from email.message import Message
+from email.policy import compat32
+
+from mailer.classify import classify_reply
+from mailer.mta import ses
+from mailer.mta import text as textual
+from mailer.reasons import BounceClass, Reason, bounce_class
+
+
+@dataclass(frozen=True)
+class BouncedRecipient:
+    """One recipient of a returned message and why it failed."""
+
+    address: str
+    status: str | None  # RFC 3463 enhanced status code
+    reply_code: int | None  # RFC 5321 basic reply code
+    diagnostic: str
+    action: str  # RFC 3464 2.3.3: failed, delayed, delivered, relayed, expanded
+    remote_mta: str
+    command: str  # the SMTP command the remote host refused (RCPT, DATA, ...)
+    reason: Reason
+    bounce_class: BounceClass
+    rule: str
+
+
+@dataclass(frozen=True)
+class BounceReport:
+    """What a returned email says: its kind, recipients and the message it returns."""
+
+    kind: str  # "bounce" | "feedback" | "vacation" | "delivered" | "not-bounce"
+    recipients: tuple[BouncedRecipient, ...]
+    format: str
+    original_message_id: str | None
+    original_return_path: str | None
+    feedback_type: str | None
+
+
+NOT_BOUNCE = BounceReport("not-bounce", (), "none", None, None, None)
+
+_DSN_TYPES = frozenset({"message/delivery-status", "message/global-delivery-status", "text/delivery-status"})
+_ARF_TYPES = frozenset({"message/feedback-report"})
+_ORIGINAL_TYPES = frozenset({"message/rfc822", "text/rfc822-headers", "message/global", "message/global-headers", "message/partial"})
+
+# RFC 3463 2: class.subject.detail; not part of a dotted IP address or a version number.
+_STATUS = re.compile(r"(?<![\d.])([245])\.(\d{1,3})\.(\d{1,3})(?![\d]|\.\d)")
+# RFC 5321 4.2: a three-digit reply code where MTAs quote one: at a line start, after "said:",
+# "SMTP;", an error label or a colon, and followed by a space, hyphen or end.
+_REPLY_CODE = re.compile(r"(?:^|[\s:;(\[\"'=])([245][0-5]\d)(?=[\s\-]|$)")
+_COMMAND = re.compile(
+    r"\b(?:in reply to|after|at|while sending|in response to|to|like our|our)\s+(?:the\s+)?"
+    r"(RCPT TO|MAIL FROM|DATA|RCPT|MAIL|HELO|EHLO|STARTTLS|AUTH|CONNECT|end of data|initial connection)\b"
+    r"|(?:>>> |smtp command:?\s*)(RCPT TO|MAIL FROM|DATA|RCPT|MAIL|HELO|EHLO)\b",
+    re.IGNORECASE,
+)
+_FIELD = re.compile(r"^([A-Za-z][A-Za-z0-9\-]*)[ \t]*:[ \t]*(.*)$")
+_MESSAGE_ID = re.compile(r"^message-id:[ \t]*(<[^>\r\n]+>|\S+)", re.IGNORECASE | re.MULTILINE)
+_RETURN_PATH = re.compile(r"^return-path:[ \t]*<?([^>\s]*)>?", re.IGNORECASE | re.MULTILINE)
+
+# Who sends bounces, and what they call them: the header evidence that a plain-text email
+# is a non-delivery report (RFC 3464 1 calls these "non-delivery notifications").
+_BOUNCE_FROM = re.compile(
+    r"mailer-daemon|postmaster|mail delivery|mail ?administrator|delivery subsystem|"
+    r"mail system|mmdf|mail-?router|no-?reply@.*amazonses|mailer@|smtp gateway|"
+    r"notes mail router|bounce|double-bounce|daemon@|returned|root@",
+    re.IGNORECASE,
+)
+_BOUNCE_SUBJECT = re.compile(
+    r"undeliver|undelivered|delivery (?:status|fail|failure|report|notification|problem|has failed)|"
+    r"returned (?:mail|to sender)|failure notice|failed delivery|mail delivery|non.?deliver|nondeliver|"
+    r"could not be delivered|delivery error|mail error|rejected|bounce|error sending|"
+    r"mail system error|warning: could not send|delayed mail|message not delivered|not delivered|"
+    r"fail(?:ed|ure)|could not send|returned message|permanent error|delivery problem|"
+    r"problem delivering|return receipt|message you sent|unzustellbar|不達|エラー|error|"
+    r"notification|delivery",
+    re.IGNORECASE,
+)
+_AUTO_REPLY_SUBJECT = re.compile(
+    r"auto(?:matic|mated)?[ -]?(?:reply|response|answer)|out of (?:the )?office|vacation|away from|"
+    r"\baway\b|absence|abwesen|abwesenheit|r[eé]ponse automatique|autoreply|on leave|holiday",
+    re.IGNORECASE,
+)
+
+
+def _header(message: Message, name: str) -> str:
+    value = message.get(name)
+    if value is None:
+        return ""
+    if not isinstance(value, str):  # compat32 keeps raw 8-bit bytes as an "unknown-8bit" Header
+        chunks = []
+        for chunk, charset in decode_header(value):
+            if isinstance(chunk, bytes):
+                label = charset if charset and charset != "unknown-8bit" else "utf-8"
+                try:
+                    chunk = chunk.decode(label, "replace")
+                except LookupError:
+                    chunk = chunk.decode("utf-8", "replace")
+            chunks.append(chunk)
+        return "".join(chunks)
+    if any("\udc80" <= ch <= "\udcff" for ch in value):  # raw 8-bit bytes, most often UTF-8
+        value = value.encode("ascii", "surrogateescape").decode("utf-8", "replace")
+    try:
+        return str(make_header(decode_header(value)))
+    except Exception:  # a broken RFC 2047 word: keep the raw text
+        return str(value)
+
+
+def _decode(part: Message) -> str:
+    payload = part.get_payload(decode=True)
+    if not isinstance(payload, bytes):
+        raw = part.get_payload()
+        return raw if isinstance(raw, str) else ""
+    # the declared charset first, then UTF-8 (often sent under a wrong label), then anything
+    for charset in (part.get_content_charset() or "utf-8", "utf-8"):
+        try:
+            return payload.decode(charset)
+        except (LookupError, UnicodeDecodeError):
+            continue
+    return payload.decode("latin-1")
+
+
+def _field_blocks(part: Message) -> list[dict[str, str]]:
+    """The field groups of a delivery-status or feedback-report part (RFC 3464 2.1)."""
+    payload = part.get_payload()
+    if isinstance(payload, list):
+        text = "\n\n".join("\n".join(f"{k}: {v}" for k, v in block.items()) for block in payload if isinstance(block, Message))
+    else:
+        text = _decode(part)
+    blocks: list[dict[str, str]] = []
+    current: dict[str, str] = {}
+    last = ""
+    for line in text.replace("\r\n", "\n").split("\n"):
+        if not line.strip():
+            if current:
+                blocks.append(current)
+                current, last = {}, ""
+            continue
+        if line[:1] in " \t" and last:
+            current[last] += " " + line.strip()
+            continue
+        match = _FIELD.match(line)
+        if match:
+            last = match.group(1).lower()
+            current[last] = (current.get(last, "") + " " + match.group(2).strip()).strip() if last in current else match.group(2).strip()
+    if current:
+        blocks.append(current)
+    return blocks
+
+
+def _typed(value: str) -> str:
+    """The value of a typed RFC 3464 field (``rfc822; a@b``, ``dns; mx``, ``smtp; 550 ...``)."""
+    kind, sep, rest = value.partition(";")
+    if sep and re.fullmatch(r"\s*[\w\-]+\s*", kind):
+        return rest.strip()
+    return value.strip()
+
+
+def _address(value: str) -> str:
+    found = textual.addresses(_typed(value))
+    return found[0] if found else _typed(value).strip("<> ").lower()
+
+
+def _status_in(text: str) -> str | None:
+    match = _STATUS.search(text)
+    return ".".join(match.groups()) if match else None
+
+
+def _reply_code_in(text: str, status: str | None) -> int | None:
+    for match in _REPLY_CODE.finditer(text):
+        code = match.group(1)
+        if status is None or code[0] == status[0]:
+            return int(code)
+    return None
+
+
+def _command_in(text: str) -> str:
+    match = _COMMAND.search(text)
+    if not match:
+        return ""
+    word = (match.group(1) or match.group(2)).upper()
+    if word.startswith("RCPT"):
+        return "RCPT"
+    if word.startswith("MAIL"):
+        return "MAIL"
+    if word in ("END OF DATA",):
+        return "DATA"
+    if word == "INITIAL CONNECTION":
+        return "CONNECT"
+    return word
+
+
+def _pick_status(field: str | None, diagnostic: str) -> str | None:
+    """The Status field, unless it is a bare X.0.0 and the diagnostic quotes a precise code."""
+    quoted = _status_in(diagnostic)
+    if field is None:
+        return quoted
+    if quoted and field.endswith(".0.0") and quoted[0] == field[0] and not quoted.endswith(".0.0"):
+        return quoted
+    return field
+
+
+def _recipient(
+    address: str, *, status: str | None, diagnostic: str, action: str, remote_mta: str, command: str = ""
+) -> BouncedRecipient:
+    diagnostic = " ".join(diagnostic.split())
+    status = _pick_status(status, diagnostic)
+    code = _reply_code_in(diagnostic, status)
+    if code is not None:
+        # RFC 5321 4.2.1: every line of a multi-line reply repeats the code; keep the first only
+        repeated = re.compile(rf"(?<=\S)\s{code}[- ](?:{re.escape(status)}\s)?" if status else rf"(?<=\S)\s{code}-")
+        diagnostic = repeated.sub(" ", diagnostic)
+    command = command or _command_in(diagnostic)
+    # without a remote MTA name, the recipient's domain stands for the receiving host
+    host = remote_mta or address.rpartition("@")[2]
+    verdict = classify_reply(code=code, enhanced=status, text=diagnostic, command=command, host=host)
+    reason, klass, rule = verdict.reason, verdict.bounce_class, verdict.rule
+    action = action.lower()
+    if action in ("delivered", "relayed", "expanded") and not (status or "").startswith(("4", "5")):
+        reason, rule = Reason.DELIVERED, f"action.{action}"
+    elif action == "delayed" and reason in (Reason.ONHOLD, Reason.UNDEFINED):
+        # RFC 3464 2.3.3: "delayed" means the MTA is still retrying; when the queue gives up
+        # the message has expired.
+        reason, rule = Reason.EXPIRED, "action.delayed"
+    klass = bounce_class(reason, status=status, reply_code=code, text=diagnostic)
+    return BouncedRecipient(address, status, code, diagnostic, action, remote_mta, command, reason, klass, rule)
+
+
+def _reclassified(recipient: BouncedRecipient, reason: Reason, rule: str) -> BouncedRecipient:
+    klass = bounce_class(reason, status=recipient.status, reply_code=recipient.reply_code, text=recipient.diagnostic)
+    return replace(recipient, reason=reason, bounce_class=klass, rule=rule)
+
+
+def _walk(message: Message) -> list[Message]:
+    parts: list[Message] = []
+    stack = [message]
+    while stack and len(parts) < 200:  # a hostile nesting depth must not exhaust us
+        part = stack.pop(0)
+        parts.append(part)
+        if part.get_content_type() in _ORIGINAL_TYPES:
+            continue  # the returned original: its own parts are not the report
+        payload = part.get_payload()
+        if isinstance(payload, list):
+            stack[0:0] = [p for p in payload if isinstance(p, Message)]
+    return parts
+
+
+def _body_text(parts: list[Message]) -> str:
+    texts = [_decode(p) for p in parts if p.get_content_type() == "text/plain" and p.get_content_disposition() != "attachment"]
+    if not texts:
+        html = [_decode(p) for p in parts if p.get_content_type() == "text/html"]
+        texts = [re.sub(r"<[^>]+>", " ", re.sub(r"(?i)<br\s*/?>|</p>|</div>|</tr>", "\n", h)) for h in html]
+    return "\n".join(texts)
+
+
+def _original(parts: list[Message], body: str) -> tuple[str | None, str | None]:
+    """Message-ID and Return-Path of the returned original, from its attached copy or inline."""
+    for part in parts:
+        if part.get_content_type() not in _ORIGINAL_TYPES:
+            continue
+        payload = part.get_payload()
+        if isinstance(payload, list) and payload and isinstance(payload[0], Message):
+            inner = payload[0]
+            path = inner.get("Return-Path")
+            mid = inner.get("Message-ID")
+            return (str(mid).strip() if mid else None, str(path).strip().strip("<>") if path else None)
+        text = _decode(part)
+        mid_match, path_match = _MESSAGE_ID.search(text), _RETURN_PATH.search(text)
+        return (mid_match.group(1) if mid_match else None, path_match.group(1) if path_match else None)
+    marker = textual.ORIGINAL_MARKERS.search(body)
+    tail = body[marker.start() :] if marker else ""
+    mid_match, path_match = _MESSAGE_ID.search(tail), _RETURN_PATH.search(tail)
+    return (mid_match.group(1) if mid_match else None, path_match.group(1) if path_match else None)
+
+
+def _arf(message: Message, parts: list[Message], report: Message) -> BounceReport:
+    blocks = _field_blocks(report)
+    fields: dict[str, str] = {}
+    for block in blocks:
+        fields.update(block)
+    feedback_type = fields.get("feedback-type", "").strip().lower() or None
+    address = fields.get("original-rcpt-to") or fields.get("removal-recipient") or ""
+    if not address:
+        for part in parts:
+            if part.get_content_type() in _ORIGINAL_TYPES:
+                payload = part.get_payload()
+                inner = payload[0] if isinstance(payload, list) and payload else None
+                if isinstance(inner, Message):
+                    address = str(inner.get("To", ""))
+                else:
+                    to_line = re.search(r"(?im)^to:\s*(.+)$", _decode(part))
+                    address = to_line.group(1) if to_line else ""
+                break
+    found = textual.addresses(address) or [""]
+    recipients = tuple(
+        BouncedRecipient(a, None, None, "", "", "", "", Reason.FEEDBACK, BounceClass.NONE, "arf") for a in found
+    )
+    mid, path = _original(parts, "")
+    return BounceReport("feedback", recipients, "arf", mid, path, feedback_type)
+
+
+def _rfc3464(message: Message, parts: list[Message], report: Message, body: str) -> BounceReport | None:
+    blocks = _field_blocks(report)
+    per_message: dict[str, str] = blocks[0] if blocks and not ({"final-recipient", "original-recipient"} & blocks[0].keys()) else {}
+    region = textual.error_region(body)
+    from_text = {r.address: r for r in textual.recipients(region)}
+    failed = textual.addresses(_header(message, "X-Failed-Recipients"))
+    recipients: list[BouncedRecipient] = []
+    for block in blocks:
+        raw = block.get("final-recipient") or block.get("original-recipient")
+        if not raw:
+            continue
+        address = _address(raw)
+        if not address or "@" not in address and block.get("original-recipient"):
+            address = _address(block.get("original-recipient", raw))
+        if "@" not in address and len(failed) > len(recipients):
+            address = failed[len(recipients)]  # Exim names a file or pipe there; the header has the address
+        diagnostic = _typed(block.get("diagnostic-code", ""))
+        in_body = from_text.get(address)
+        if in_body and (not diagnostic or len(diagnostic) < 12):
+            diagnostic = (diagnostic + " " + in_body.diagnostic).strip()
+        if not diagnostic:
+            diagnostic = " ".join(region.split())[:2000]
+        command = _command_in(diagnostic) or (_command_in(in_body.diagnostic) if in_body else "")
+        mailer = block.get("diagnostic-code", "").lower().startswith("x-unix")
+        status_field = _status_in(block.get("status", ""))
+        remote = _typed(block.get("remote-mta", "") or per_message.get("reporting-mta", ""))
+        found = _recipient(address, status=status_field, diagnostic=diagnostic, action=block.get("action", ""), remote_mta=remote, command=command)
+        if mailer and found.reason is not Reason.DELIVERED and ".phrase" not in found.rule and not found.rule.startswith("phrase."):
+            # RFC 3464 2.3.6 diagnostic type X-Unix: a local delivery program failed
+            found = _reclassified(found, Reason.MAILERERROR, "diagnostic-type.x-unix")
+        recipients.append(found)
+    if not recipients:
+        return None
+    mid, path = _original(parts, body)
+    kind = "delivered" if all(r.reason is Reason.DELIVERED for r in recipients) else "bounce"
+    return BounceReport(kind, tuple(recipients), "rfc3464", mid, path, None)
+
+
+def _plain(message: Message, parts: list[Message], body: str) -> BounceReport | None:
+    region = textual.error_region(body)
+    sender = textual.addresses(_header(message, "To"))
+    found = textual.recipients(region, sender=sender[0] if sender else "")
+    failed = textual.addresses(_header(message, "X-Failed-Recipients"))
+    if failed:
+        known = {r.address: r for r in found}
+        found = [known.get(a) or textual.TextRecipient(a, " ".join(region.split())) for a in failed]
+    if not found:
+        return None
+    whole = " ".join(region.split())
+    recipients = []
+    for item in found:
+        diagnostic = item.diagnostic if len(item.diagnostic) >= 12 else whole
+        recipients.append(_recipient(item.address, status=None, diagnostic=diagnostic, action="failed", remote_mta=""))
+    mid, path = _original(parts, body)
+    return BounceReport("bounce", tuple(recipients), "text", mid, path, None)
+
+
+def _ses(events: list[ses.SESEvent]) -> BounceReport:
+    recipients = []
+    for event in events:
+        if event.kind == "feedback":
+            recipients.append(BouncedRecipient(event.address, None, None, "", "", "", "", Reason.FEEDBACK, BounceClass.NONE, "ses.complaint"))
+        else:
+            action = "delivered" if event.kind == "delivered" else "failed"
+            recipients.append(_recipient(event.address, status=event.status, diagnostic=event.diagnostic, action=action, remote_mta=event.remote_mta))
+    kinds = {e.kind for e in events}
+    kind = "feedback" if kinds == {"feedback"} else "delivered" if kinds == {"delivered"} else "bounce"
+    feedback = next((e.feedback_type for e in events if e.feedback_type), None)
+    return BounceReport(kind, tuple(recipients), "amazonses-json", events[0].message_id, events[0].source, feedback)
+
+
+def _is_bounce_mail(message: Message) -> bool:
+    sender = _header(message, "From") + " " + _header(message, "Return-Path")
+    subject = _header(message, "Subject")
+    return bool(
+        message.get("X-Failed-Recipients")
+        or _BOUNCE_FROM.search(sender)
+        or _BOUNCE_SUBJECT.search(subject)
+    )
+
+
+def _is_auto_reply(message: Message) -> bool:
+    auto = _header(message, "Auto-Submitted").lower()
+    return bool(
+        auto.startswith("auto-replied")
+        or message.get("X-Autoreply")
+        or message.get("X-Autorespond")
+        or _header(message, "Precedence").lower() == "auto_reply"
+        or _AUTO_REPLY_SUBJECT.search(_header(message, "Subject"))
+    )
+
+
+def _vacation(message: Message) -> BounceReport:
+    address = textual.addresses(_header(message, "From"))
+    recipient = BouncedRecipient(
+        address[0] if address else "", None, None, _header(message, "Subject"), "", "", "",
+        Reason.VACATION, BounceClass.NONE, "rfc3834",
+    )
+    return BounceReport("vacation", (recipient,), "rfc3834", None, None, None)
+
+
+def _parse(raw: bytes) -> BounceReport:
+    message = email.message_from_bytes(raw, policy=compat32)
+    parts = _walk(message)
+    types = [p.get_content_type() for p in parts]
+    for part, kind in zip(parts, types):
+        if kind in _ARF_TYPES:
+            return _arf(message, parts, part)
+    body = _body_text(parts)
+    for part, kind in zip(parts, types):
+        if kind in _DSN_TYPES:
+            report = _rfc3464(message, parts, part, body)
+            if report is not None:
+                return report
+    events = ses.events(body) if '"notificationType"' in body else []
+    if events:
+        return _ses(events)
+    if _is_bounce_mail(message):
+        report = _plain(message, parts, body)
+        if report is not None:
+            return report
+    if _is_auto_reply(message) and not _is_bounce_mail(message):
+        return _vacation(message)
+    return NOT_BOUNCE
+
+
+def parse_bounce(raw: bytes) -> BounceReport:
+    """Read a returned email; garbage, or an email that is no report, is "not-bounce"."""
+    try:
+        return _parse(raw)
+    except Exception:  # outside input must never crash the bounce mailbox loop
+        return NOT_BOUNCE
