@@ -138,7 +138,7 @@ class Daemon:
         """Sleep until something may be due, a worker frees capacity, or stop."""
         now = self.clock.now()
         wake_at = min(now + self.config.scheduler.poll_interval, next_entry)
-        due = await self.store.next_wakeup()
+        due = await self.store.next_wakeup(scenarios=list(self.scenarios))
         if due is not None:
             wake_at = min(wake_at, max(due, now))
         delay = (wake_at - now).total_seconds()
@@ -190,8 +190,7 @@ class Daemon:
         """Plan every due enrollment; returns whether there was any."""
         any_due = False
         while True:
-            due = await self.store.due_enrollments(now=now, limit=DUE_PAGE)
-            due = [d for d in due if d.scenario in self.scenarios]
+            due = await self.store.due_enrollments(now=now, limit=DUE_PAGE, scenarios=list(self.scenarios))
             if not due:
                 return any_due
             any_due = True
@@ -206,6 +205,7 @@ class Daemon:
                     engagement=engagement[enrollment.id],
                     suppressed=enrollment.suppressed,
                     now=now,
+                    previous_pending_until=enrollment.previous_pending_until,
                 )
                 updates.append(self._update(scenario, enrollment.id, enrollment.lead.id or 0, decision, now))
             await self.store.apply_updates(updates, now=now)

@@ -4,15 +4,17 @@ Order of checks, each one the reason a marketer would give:
 
 1. the lead may no longer be mailed (suppressed) → exit;
 2. the scenario's goal (`exit_when`) is reached → exit, before any further step;
-3. the step's condition does not hold → skip it, the next step's wait counts from now;
-4. the send window is closed in the lead's time zone → wait until it opens;
-5. otherwise → queue the step's message; the next step is due after its own wait.
+3. the previous step's message is still on its way (deferred, say) → wait for it, so that
+   steps arrive in order and conditions on it see its fate;
+4. the step's condition does not hold → skip it, the next step's wait counts from now;
+5. the send window is closed in the lead's time zone → wait until it opens;
+6. otherwise → queue the step's message; the next step is due after its own wait.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from functools import lru_cache
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -20,6 +22,10 @@ from mailer.conditions import Engagement
 from mailer.leads import Lead
 from mailer.scenario import Scenario
 from mailer.sendwindow import next_open
+
+
+# How long after a pending previous message is due to look again.
+PENDING_RECHECK = timedelta(minutes=1)
 
 
 @dataclass(frozen=True)
@@ -40,6 +46,7 @@ def plan(
     engagement: Engagement,
     suppressed: bool,
     now: datetime,
+    previous_pending_until: datetime | None = None,
 ) -> Decision:
     """Decide what to do with an enrollment at `step_index` that is due at `now`."""
     if suppressed:
@@ -48,6 +55,9 @@ def plan(
         return Decision("exit", step_index, None, "goal reached")
     if step_index >= len(scenario.steps):
         return Decision("complete", step_index, None)
+    if previous_pending_until is not None:
+        recheck = max(previous_pending_until, now) + PENDING_RECHECK
+        return Decision("wait", step_index, recheck, "the previous step is not delivered yet")
     step = scenario.steps[step_index]
     if step.condition is not None and not step.condition.evaluate(lead, engagement):
         return Decision("skip", step_index, _next_due(scenario, step_index, now), "condition not met")

@@ -10,9 +10,10 @@ from enum import StrEnum
 _ENHANCED = re.compile(r"^([245])\.(\d{1,3})\.(\d{1,3})(?=\s|$)")
 
 
-# A refusal while setting up the session (greeting, EHLO, STARTTLS, AUTH) refuses us, the
-# sender, not the recipient: the message waits for the operator, it never fails for it.
-SESSION_COMMANDS = frozenset({"CONNECT", "EHLO", "STARTTLS", "AUTH"})
+# A refusal while setting up the session (greeting, EHLO, STARTTLS, AUTH) or of our MAIL
+# FROM refuses us, the sender, not the recipient: the message waits for the operator to
+# fix the relay or the identity, it never fails for it (and it expires after max_age).
+SESSION_COMMANDS = frozenset({"CONNECT", "EHLO", "STARTTLS", "AUTH", "MAIL"})
 
 
 class Verdict(StrEnum):

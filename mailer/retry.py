@@ -33,8 +33,11 @@ class RetryPolicy:
     def next_attempt(
         self, *, attempt: int, first_attempt_at: datetime, now: datetime, rng: random.Random
     ) -> datetime | None:
-        """When to try again after a temporary failure, or None: give up, the message expires."""
-        when = now + self.delay(attempt, rng)
-        if when - first_attempt_at > self.max_age:
+        """When to try again after a temporary failure, or None: give up, the message expires.
+
+        The last attempt is made when the message reaches `max_age`, not one interval before.
+        """
+        deadline = first_attempt_at + self.max_age
+        if now >= deadline:
             return None
-        return when
+        return min(now + self.delay(attempt, rng), deadline)

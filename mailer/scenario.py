@@ -233,15 +233,25 @@ def _entry(top: _Section) -> Entry:
     return Entry(list_name=entry.text("list", required=False, hint="e.g. list: newsletter"), where=where)
 
 
+# `reentry: true` alone: a lead that left may enter again after this long. Never at once:
+# a lead still on the entry list would otherwise go round the scenario on every pass.
+DEFAULT_REENTRY_AFTER = timedelta(days=30)
+MIN_REENTRY_AFTER = timedelta(hours=1)
+
+
 def _reentry(top: _Section) -> Reentry:
     value = top.mapping.get("reentry", False)
     if isinstance(value, bool):
-        return Reentry(allowed=value)
+        return Reentry(allowed=value, after=DEFAULT_REENTRY_AFTER if value else timedelta(0))
     if not isinstance(value, Mapping):
         problem = f"must be true, false or {{after: DURATION}}, not {describe(value)}"
         raise top.error("reentry", problem, "e.g. reentry: {after: 30d}")
     check_keys(value, ("after",), file=top.file, field="reentry")
-    return Reentry(allowed=True, after=_duration(_Section(value, top.file, "reentry"), "after"))
+    section = _Section(value, top.file, "reentry")
+    after = _duration(section, "after") if "after" in value else DEFAULT_REENTRY_AFTER
+    if after < MIN_REENTRY_AFTER:
+        raise section.error("after", "must be at least 1h", "a lead would re-enter on every pass; e.g. after: 30d")
+    return Reentry(allowed=True, after=after)
 
 
 def _timezone(top: _Section) -> str:

@@ -424,16 +424,23 @@ class SQLiteStore:
             )
         return entered
 
-    async def due_enrollments(self, *, now: datetime, limit: int) -> list[DueEnrollment]:
+    async def due_enrollments(self, *, now: datetime, limit: int, scenarios: Sequence[str]) -> list[DueEnrollment]:
+        """Due enrollments of the loaded scenarios (a paused scenario's wait where they are)."""
+        if not scenarios:
+            return []
+        marks = ",".join("?" * len(scenarios))
         rows = await self._fetchall(
             f"""
             SELECT e.id, e.scenario, e.cycle, e.step_index, e.due_at, {_GLOBALLY_SUPPRESSED},
+                   (SELECT max(CASE m.state WHEN 'sending' THEN ? ELSE m.next_attempt_at END)
+                    FROM messages m WHERE m.enrollment_id = e.id
+                      AND m.state IN ('queued', 'sending', 'deferred')),
                    {_LEAD_COLUMNS}
             FROM enrollments e JOIN leads l ON l.id = e.lead_id
-            WHERE e.state = 'active' AND e.due_at <= ?
+            WHERE e.state = 'active' AND e.due_at <= ? AND e.scenario IN ({marks})
             ORDER BY e.due_at, e.id LIMIT ?
             """,
-            (ms(now), limit),
+            (ms(now), ms(now), *scenarios, limit),
         )
         return [
             DueEnrollment(
@@ -443,7 +450,8 @@ class SQLiteStore:
                 step_index=r[3],
                 due_at=from_ms(r[4]),
                 suppressed=bool(r[5]),
-                lead=_lead(r, 6),
+                previous_pending_until=from_ms(r[6]) if r[6] is not None else None,
+                lead=_lead(r, 7),
             )
             for r in rows
         ]
@@ -643,15 +651,18 @@ class SQLiteStore:
             )
         return len(rows)
 
-    async def next_wakeup(self) -> datetime | None:
-        """The earliest instant at which an enrollment or a message becomes due."""
+    async def next_wakeup(self, *, scenarios: Sequence[str]) -> datetime | None:
+        """The earliest instant at which a loaded scenario's enrollment or a message is due."""
+        marks = ",".join("?" * len(scenarios)) or "NULL"
         rows = await self._fetchall(
-            """
+            f"""
             SELECT min(t) FROM (
-                SELECT min(due_at) AS t FROM enrollments WHERE state = 'active'
+                SELECT min(due_at) AS t FROM enrollments
+                WHERE state = 'active' AND scenario IN ({marks})
                 UNION ALL
                 SELECT min(next_attempt_at) FROM messages WHERE state IN ('queued', 'deferred'))
-            """
+            """,
+            tuple(scenarios),
         )
         value = rows[0][0]
         return from_ms(value) if value is not None else None

@@ -248,3 +248,22 @@ def test_sends_only_inside_the_window_and_waits_for_an_opening(now: datetime, zo
         assert decision.due_at is not None and decision.due_at > now
         assert is_open(decision.due_at, window, tz)
         assert decision.due_at - now <= timedelta(days=4)
+
+
+def test_a_step_waits_while_the_previous_message_is_still_on_its_way(nurture: Scenario) -> None:
+    """Step 2 is held while step 1's message is deferred, so steps never arrive out of order."""
+    pending = MONDAY_NOON_UTC + timedelta(hours=3)
+    decision = plan(
+        nurture, step_index=1, lead=lead(), engagement=NOTHING, suppressed=False,
+        now=MONDAY_NOON_UTC, previous_pending_until=pending,
+    )
+    assert decision.action == "wait" and decision.due_at is not None and decision.due_at > pending
+
+
+def test_a_pending_previous_message_does_not_hold_an_exit(nurture: Scenario) -> None:
+    """A suppressed lead exits at once even when a message of it is still queued."""
+    decision = plan(
+        nurture, step_index=1, lead=lead(), engagement=NOTHING, suppressed=True,
+        now=MONDAY_NOON_UTC, previous_pending_until=MONDAY_NOON_UTC,
+    )
+    assert decision.action == "exit"

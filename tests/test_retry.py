@@ -77,10 +77,12 @@ def test_next_attempt_is_now_plus_the_delay() -> None:
     assert when == now + timedelta(minutes=40)
 
 
-def test_next_attempt_is_none_past_max_age() -> None:
-    """A retry that would fall beyond four days after the first attempt is not made: the message expires."""
+def test_the_last_retry_is_made_at_max_age_then_the_message_expires() -> None:
+    """A retry that would fall beyond four days is moved to the four-day mark; after it, none."""
     now = T0 + timedelta(days=4) - timedelta(hours=1)
-    assert NO_JITTER.next_attempt(attempt=30, first_attempt_at=T0, now=now, rng=random.Random(0)) is None
+    assert NO_JITTER.next_attempt(attempt=30, first_attempt_at=T0, now=now, rng=random.Random(0)) == T0 + timedelta(days=4)
+    late = T0 + timedelta(days=4)
+    assert NO_JITTER.next_attempt(attempt=31, first_attempt_at=T0, now=late, rng=random.Random(0)) is None
 
 
 def test_next_attempt_exactly_at_max_age_is_still_made() -> None:

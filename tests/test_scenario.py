@@ -102,7 +102,7 @@ def test_minimal_scenario_gets_defaults(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("reentry", "expected"),
-    [("false", Reentry(False)), ("true", Reentry(True)), ("{after: 1w}", Reentry(True, timedelta(weeks=1)))],
+    [("false", Reentry(False)), ("true", Reentry(True, timedelta(days=30))), ("{after: 1w}", Reentry(True, timedelta(weeks=1)))],
 )
 def test_reentry_forms(tmp_path: Path, reentry: str, expected: Reentry) -> None:
     """reentry reads false, true and {after: DURATION}."""
@@ -325,3 +325,11 @@ def test_a_valid_scenario_with_one_value_replaced_loads_or_raises_scenario_error
         load_scenario(path, identities={"default"}, templates_dir=tmp_path)
     except ScenarioError as error:
         assert error.file == str(path) and error.line is not None
+
+
+def test_reentry_at_once_is_refused(tmp_path: Path) -> None:
+    """`reentry: {after: 0}` would send a lead round the scenario on every pass: refused."""
+    path = tmp_path / "s.yaml"
+    path.write_text("name: s\nsender: default\nentry: {list: l}\nreentry: {after: 0m}\nsteps:\n  - {id: a, subject: s, template: a.html}\n")
+    with pytest.raises(ScenarioError, match="at least 1h"):
+        load_scenario(path)

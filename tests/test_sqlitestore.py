@@ -299,12 +299,12 @@ async def test_due_enrollments_in_due_order_with_limit(store: SQLiteStore) -> No
         now=T0,
     )
     now = T0 + timedelta(hours=3)
-    due = await store.due_enrollments(now=now, limit=10)
+    due = await store.due_enrollments(now=now, limit=10, scenarios=["nurture"])
     assert [(d.lead.email, d.due_at) for d in due] == [
         ("early@example.com", T0 - timedelta(hours=1)),
         ("late@example.com", T0 + timedelta(hours=2)),
     ]
-    assert [d.lead.email for d in await store.due_enrollments(now=now, limit=1)] == ["early@example.com"]
+    assert [d.lead.email for d in await store.due_enrollments(now=now, limit=1, scenarios=["nurture"])] == ["early@example.com"]
     assert (due[0].scenario, due[0].cycle, due[0].step_index, due[0].suppressed) == ("nurture", 1, 0, False)
 
 
@@ -312,7 +312,7 @@ async def test_due_enrollment_reports_suppression(store: SQLiteStore) -> None:
     """A due enrollment of a globally suppressed lead is returned flagged, so the planner can exit it."""
     await enrolled(store, "a@example.com")
     await store.suppress([Suppression("a@example.com", "complaint")], now=T0)
-    [due] = await store.due_enrollments(now=T0, limit=10)
+    [due] = await store.due_enrollments(now=T0, limit=10, scenarios=["nurture"])
     assert due.suppressed
 
 
@@ -522,16 +522,16 @@ async def test_recover_in_flight_requeues_sending_messages(tmp_path: Path) -> No
 
 async def test_next_wakeup_is_the_earliest_due_enrollment_or_message(store: SQLiteStore) -> None:
     """The scheduler sleeps until the earliest active enrollment or claimable message is due."""
-    assert await store.next_wakeup() is None
+    assert await store.next_wakeup(scenarios=["nurture"]) is None
     [enrollment] = await enrolled(store, "a@example.com", due=T0 + timedelta(hours=5))
-    assert await store.next_wakeup() == T0 + timedelta(hours=5)
+    assert await store.next_wakeup(scenarios=["nurture"]) == T0 + timedelta(hours=5)
     a = await lead_id(store, "a@example.com")
     await store.apply_updates([queue_update(enrollment, a, not_before=T0 + timedelta(hours=1))], now=T0)
-    assert await store.next_wakeup() == T0 + timedelta(hours=1)  # the enrollment is now due in 2 days
+    assert await store.next_wakeup(scenarios=["nurture"]) == T0 + timedelta(hours=1)  # the enrollment is now due in 2 days
     await store.claim_messages(now=T0 + timedelta(hours=1), limit=1, lease=LEASE)
-    assert await store.next_wakeup() == T0 + timedelta(days=2)
+    assert await store.next_wakeup(scenarios=["nurture"]) == T0 + timedelta(days=2)
     await store.apply_updates([EnrollmentUpdate(enrollment, a, "nurture", 3, "completed", None, "completed")], now=T0)
-    assert await store.next_wakeup() is None
+    assert await store.next_wakeup(scenarios=["nurture"]) is None
 
 
 # Transactions
@@ -588,3 +588,21 @@ async def test_due_enrollments_are_found_through_the_index_not_a_scan(tmp_path: 
             )
         )
         assert "messages_due" in plan, plan
+
+
+async def test_a_paused_scenarios_enrollments_are_neither_due_nor_a_wakeup(store: SQLiteStore) -> None:
+    """Enrollments of a scenario that is not loaded (broken file) wait; they do not keep the daemon awake."""
+    await enrolled(store, "a@example.com", due=T0 - timedelta(hours=1))
+    assert await store.due_enrollments(now=T0, limit=10, scenarios=["other"]) == []
+    assert await store.next_wakeup(scenarios=["other"]) is None
+    assert await store.next_wakeup(scenarios=[]) is None
+
+
+async def test_a_due_enrollment_knows_its_previous_message_is_still_pending(store: SQLiteStore) -> None:
+    """While the earlier step's message is deferred, the due enrollment carries when it is next tried."""
+    [enrollment] = await enrolled(store, "a@example.com", due=T0)
+    a = await lead_id(store, "a@example.com")
+    await store.apply_updates([queue_update(enrollment, a, not_before=T0 + timedelta(hours=2))], now=T0)
+    await store.db.execute("UPDATE enrollments SET due_at = ? WHERE id = ?", (ms(T0), enrollment))
+    [due] = await store.due_enrollments(now=T0, limit=10, scenarios=["nurture"])
+    assert due.previous_pending_until == T0 + timedelta(hours=2)
