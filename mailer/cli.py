@@ -147,29 +147,49 @@ def _init(args: argparse.Namespace) -> int:
 
 def _serve(args: argparse.Namespace) -> int:
     from mailer.daemon import Daemon
+    from mailer.servelock import serve_lock
     from mailer.sqlitestore import SQLiteStore
 
     config = load(args, required=True)
+    if config.relay.username and not os.environ.get(config.relay.password_env):
+        raise ConfigError(
+            f"relay.username is set but ${config.relay.password_env} is empty",
+            file=str(config.path),
+            field="relay.password_env",
+            hint=f"export {config.relay.password_env}=... before `mailer serve`",
+        )
+    log = logging.getLogger("mailer")
 
     async def run() -> int:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
+
+        def on_signal() -> None:
+            if stop.is_set():
+                # The second signal: stop now, like a crash. Messages in flight are
+                # recovered and sent again at the next start (the README's guarantee).
+                log.warning("second signal: stopping at once; messages in flight will be retried")
+                os._exit(1)
+            log.info("stopping: finishing the SMTP transactions under way (signal again to stop at once)")
+            stop.set()
+
         for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, stop.set)
+            loop.add_signal_handler(signum, on_signal)
         async with SQLiteStore(config.store) as store:
             daemon = Daemon(config=config, store=store, clock=make_clock(config))
             errors = daemon.load_scenarios()
             if not daemon.scenarios and errors:
                 raise errors[0]
-            logging.getLogger("mailer").info(
+            log.info(
                 "serving %d scenarios from %s through %s:%d",
                 len(daemon.scenarios), config.scenarios, config.relay.host, config.relay.port,
             )
             report = await daemon.serve(stop)
-        logging.getLogger("mailer").info("stopped: %s", report.outcomes)
+        log.info("stopped: %s", report.outcomes)
         return 0
 
-    return asyncio.run(run())
+    with serve_lock(config.store):
+        return asyncio.run(run())
 
 
 def _validate(args: argparse.Namespace) -> int:

@@ -13,7 +13,6 @@ finish, writes their outcomes, hands unstarted claims back to the queue and retu
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 from collections.abc import Callable, Sequence
@@ -44,6 +43,8 @@ DUE_PAGE = 500
 LEASE = timedelta(minutes=30)
 IDLE_CONNECTION_SECONDS = 2.0  # real time a worker keeps an idle SMTP session open
 FLUSH_SECONDS = 0.05  # real time outcomes may wait to be written with others
+ROUND_BACKOFF_SECONDS = 1.0  # real time to wait after a failed round before the next
+FINAL_FLUSH_ATTEMPTS = 10
 
 
 @dataclass
@@ -87,6 +88,7 @@ class Daemon:
         self._in_flight = 0
         self._pending: list[Outcome] = []
         self._wake = asyncio.Event()
+        self._flush_stop = asyncio.Event()
         self._stopping = False
 
     # -- scenarios -----------------------------------------------------------------------
@@ -117,21 +119,27 @@ class Daemon:
         next_entry = self.clock.now()
         try:
             while not stop.is_set():
-                now = self.clock.now()
-                if now >= next_entry:
-                    await self.enter_leads(now)
-                    next_entry = now + self.config.scheduler.entry_interval
-                busy = await self.schedule_due(now)
-                busy = await self.dispatch(now) or busy
-                if not busy:
-                    await self._idle(stop, next_entry)
+                try:
+                    now = self.clock.now()
+                    if now >= next_entry:
+                        await self.enter_leads(now)
+                        next_entry = now + self.config.scheduler.entry_interval
+                    busy = await self.schedule_due(now)
+                    busy = await self.dispatch(now) or busy
+                    if not busy:
+                        await self._idle(stop, next_entry)
+                except Exception:
+                    # A locked or briefly failing database must not end the daemon: what was
+                    # not written is still in the store's last committed state, so the next
+                    # round starts from there.
+                    log.exception("scheduler round failed; trying again in %.0f s", ROUND_BACKOFF_SECONDS)
+                    await asyncio.sleep(ROUND_BACKOFF_SECONDS)
         finally:
             self._stopping = True
             await self._drain(workers)
-            flusher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await flusher
-            await self.flush()
+            self._flush_stop.set()
+            await flusher  # lets a flush under way finish: cancelling it could lose outcomes
+            await self._final_flush()
         return self.report
 
     async def _idle(self, stop: asyncio.Event, next_entry: datetime) -> None:
@@ -336,14 +344,34 @@ class Daemon:
     # -- writing outcomes ----------------------------------------------------------------
 
     async def flush(self) -> None:
+        """Write the outcomes gathered so far in one transaction; on failure keep them."""
         pending, self._pending = self._pending, []
-        if pending:
+        if not pending:
+            return
+        try:
             await self.store.record_outcomes(pending)
+        except BaseException:
+            self._pending[:0] = pending
+            raise
 
     async def _flush_forever(self) -> None:
-        while True:
+        while not self._flush_stop.is_set():
             await asyncio.sleep(FLUSH_SECONDS)
-            await self.flush()
+            try:
+                await self.flush()
+            except Exception:
+                log.exception("writing %d outcomes failed; keeping them for the next try", len(self._pending))
+                await asyncio.sleep(ROUND_BACKOFF_SECONDS)
+
+    async def _final_flush(self) -> None:
+        for attempt in range(FINAL_FLUSH_ATTEMPTS):
+            try:
+                await self.flush()
+                return
+            except Exception:
+                log.exception("writing outcomes at shutdown failed (attempt %d)", attempt + 1)
+                await asyncio.sleep(ROUND_BACKOFF_SECONDS)
+        log.error("%d outcomes could not be written; their messages will be sent again on restart", len(self._pending))
 
     async def _drain(self, workers: Sequence[asyncio.Task[None]]) -> None:
         """Finish transactions under way; hand back claims that never started."""

@@ -18,6 +18,7 @@ from pathlib import Path
 from mailer.clock import AcceleratedClock
 from mailer.config import load_config
 from mailer.daemon import Daemon
+from mailer.errors import UserError
 from mailer.examples_data import copy_examples
 from mailer.importing import read_with_progress
 from mailer.planner import lead_zone
@@ -27,6 +28,7 @@ from mailer.testing import CaptureServer
 
 DEMO_LIST = "trial-signups"
 
+DEMO_MARK = "# Written by `mailer demo`"
 DEMO_CONFIG = """\
 # Written by `mailer demo`: the embedded SMTP server on loopback and an accelerated clock.
 store = "mailer.db"
@@ -54,6 +56,7 @@ entry_interval = "1h"
 
 async def run_demo(*, workspace: Path | None, days: float, seconds: float) -> int:
     workspace = workspace or Path(tempfile.mkdtemp(prefix="mailer-demo-"))
+    _refuse_a_real_workspace(workspace)
     workspace.mkdir(parents=True, exist_ok=True)
     copy_examples(workspace)
     key = workspace / "mailer.key"
@@ -111,6 +114,19 @@ async def run_demo(*, workspace: Path | None, days: float, seconds: float) -> in
     print(f"open the messages in {inbox} (any mail client reads .eml), or run")
     print(f"  mailer --config {workspace / 'mailer.toml'} status")
     return 0
+
+
+def _refuse_a_real_workspace(workspace: Path) -> None:
+    """The demo rewrites mailer.toml and sends from the store: never in someone's real workspace."""
+    config = workspace / "mailer.toml"
+    ours = config.exists() and config.read_text(encoding="utf-8").startswith(DEMO_MARK)
+    if (config.exists() or (workspace / "mailer.db").exists()) and not ours:
+        raise UserError(
+            "is a mailer workspace, not a demo one",
+            file=str(workspace),
+            field="--workspace",
+            hint="give the demo an empty or new folder, or leave --workspace out",
+        )
 
 
 async def _stop_when_done(store: SQLiteStore, clock: AcceleratedClock, deadline: datetime, stop: asyncio.Event) -> None:

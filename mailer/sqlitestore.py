@@ -188,8 +188,9 @@ def _lead(row: Sequence[Any], offset: int = 0) -> Lead:
 class SQLiteStore:
     """`Store` on one SQLite file."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, busy_timeout: float = 10.0) -> None:
         self.path = path
+        self.busy_timeout = busy_timeout  # seconds to wait for another writer before failing
         self._db: aiosqlite.Connection | None = None
         self._lock = asyncio.Lock()
 
@@ -203,7 +204,7 @@ class SQLiteStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._db = await aiosqlite.connect(self.path, isolation_level=None)
         try:
-            await self.db.execute("PRAGMA busy_timeout = 10000")
+            await self.db.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
             await self.db.execute("PRAGMA foreign_keys = ON")
             mode = await self._pragma("PRAGMA journal_mode = WAL")
             if str(mode).lower() != "wal":
@@ -256,10 +257,13 @@ class SQLiteStore:
             await self.db.execute("BEGIN IMMEDIATE")
             try:
                 yield self.db
+                await self.db.execute("COMMIT")
             except BaseException:
-                await self.db.execute("ROLLBACK")
+                # A failed COMMIT (a busy database) leaves the transaction open: close it, or
+                # every later BEGIN on this connection fails.
+                if self.db.in_transaction:
+                    await self.db.execute("ROLLBACK")
                 raise
-            await self.db.execute("COMMIT")
 
     async def _fetchall(self, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:
         async with self.db.execute(sql, tuple(params)) as cursor:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -53,10 +54,12 @@ async def running(tmp_path: Path, smtp_server: CaptureServer) -> AsyncIterator[R
 
 
 @asynccontextmanager
-async def run_daemon(tmp_path: Path, smtp_server: CaptureServer, **sections: dict[str, object]) -> AsyncIterator[Running]:
+async def run_daemon(
+    tmp_path: Path, smtp_server: CaptureServer, *, busy_timeout: float = 10.0, **sections: dict[str, object]
+) -> AsyncIterator[Running]:
     write_workspace(tmp_path)
     config = make_config(tmp_path, smtp_server.port, **sections)
-    async with SQLiteStore(config.store) as store:
+    async with SQLiteStore(config.store, busy_timeout=busy_timeout) as store:
         await store.upsert_leads(make_leads(50), list_name="signups", now=MONDAY_8AM)
         clock = FakeClock(MONDAY_8AM)
         daemon = Daemon(config=config, store=store, clock=clock)
@@ -206,3 +209,20 @@ async def test_a_timeout_after_the_final_dot_is_retried_under_the_same_message_i
         await running.counts_become({"sent": 50})
     copies = [m.parsed()["Message-ID"] for m in smtp_server.messages if m.rcpt_tos == ("lead005@example.com",)]
     assert len(copies) == 2 and copies[0] == copies[1]
+
+
+async def test_a_locked_database_delays_but_never_loses_or_repeats(tmp_path: Path, smtp_server: CaptureServer) -> None:
+    """Another process holding the write lock longer than busy_timeout: rounds fail, retry, and every message is sent once."""
+    async with run_daemon(tmp_path, smtp_server, busy_timeout=0.2) as running:
+        smtp_server.data_delay = 0.02
+        blocker = sqlite3.connect(tmp_path / "mailer.db", isolation_level=None)
+        await running.clock.advance(hours=1)
+        await smtp_server.wait_for(5)
+        blocker.execute("BEGIN IMMEDIATE")  # outcomes and claims now fail for a while
+        await asyncio.sleep(1.5)
+        blocker.execute("ROLLBACK")
+        blocker.close()
+        await smtp_server.wait_for(50, timeout=30)
+        await running.counts_become({"sent": 50}, timeout=30)
+    ids = [m.parsed()["Message-ID"] for m in smtp_server.messages]
+    assert len(ids) == len(set(ids)) == 50

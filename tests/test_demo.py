@@ -25,3 +25,13 @@ async def test_demo_sends_the_example_nurture_and_saves_every_message(tmp_path: 
         assert str(path) in out
     assert "【Northwind】山田様、トライアルへようこそ" in subjects
     assert "trial-nurture / demo-offer  sent" in out and "skipped" in out
+
+
+async def test_the_demo_refuses_a_real_workspace(tmp_path: Path) -> None:
+    """`mailer demo --workspace` never rewrites the config or sends from the store of a real workspace."""
+    from mailer.errors import UserError
+
+    (tmp_path / "mailer.toml").write_text('[relay]\nhost = "relay.example"\n')
+    with pytest.raises(UserError, match="not a demo one"):
+        await run_demo(workspace=tmp_path, days=1, seconds=1)
+    assert (tmp_path / "mailer.toml").read_text() == '[relay]\nhost = "relay.example"\n'

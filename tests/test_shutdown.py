@@ -92,3 +92,20 @@ async def test_sigterm_mid_batch_loses_nothing_and_restart_finishes(tmp_path: Pa
     assert states(tmp_path / "mailer.db") == {"sent": 50}
     ids = [m.parsed()["Message-ID"] for m in server.messages]
     assert len(ids) == 50 and len(set(ids)) == 50, "no message was sent twice"
+
+
+async def test_a_second_daemon_on_the_same_store_is_refused(tmp_path: Path) -> None:
+    """Two `mailer serve` on one database would send twice: the second exits 2 naming the first."""
+    write_workspace(tmp_path, ONE_STEP)
+    async with CaptureServer() as server:
+        config = tmp_path / "mailer.toml"
+        config.write_text(CONFIG.format(port=server.port))
+        first = await start_daemon(config)
+        await asyncio.sleep(1.5)
+        second = await start_daemon(config)
+        output, _ = await asyncio.wait_for(second.communicate(), 30)
+        assert second.returncode == 2
+        assert b"in use by another `mailer serve`" in output and b"Traceback" not in output
+        first.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(first.communicate(), 30)
+        assert first.returncode == 0
