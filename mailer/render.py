@@ -92,16 +92,21 @@ class CompiledStep:
         text: jinja2.Template | None,
         template_name: str,
         dependencies: Mapping[Path, float],
+        inline_each: str | None = None,
     ) -> None:
         self.subject = subject
         self.html = html
         self.text = text
+        # Why this template's CSS is inlined per message (slow, always right), or None.
+        self.inline_each = inline_each
         self.template_name = template_name
         self.dependencies = dict(dependencies)
         self.checked_at = time.monotonic()
 
     def render(self, context: Mapping[str, Any]) -> RenderedParts:
         html = self.html.render(context)
+        if self.inline_each is not None:
+            html = _inline_css(html)
         text = self.text.render(context) if self.text is not None else get_text(html, _TEXT_CONFIG)
         return RenderedParts(subject=self.subject.render(context).strip(), html=html, text=text)
 
@@ -149,16 +154,24 @@ class Renderer:
     def _compile(self, *, subject: str, template: str, text_template: str | None) -> CompiledStep:
         dependencies: dict[Path, float] = {}
         # Compile the originals first: their syntax errors carry the author's file and line.
-        self._load(self.html_env, template, dependencies)
+        original = self._load(self.html_env, template, dependencies)
         flat = _Flattener(self.templates_dir, dependencies).flatten(template)
         nonce = _fresh_nonce(flat)
         protected, constructs = _protect(self.html_env, flat, nonce, template)
-        inlined = _restore(_inline_css(protected), constructs, nonce, template)
-        html = self._from_string(self.html_env, inlined, template)
-        text: jinja2.Template | None
+        unsafe = _unsafe_to_inline_once(protected, constructs, nonce)
+        html = original
+        if unsafe is None:
+            try:
+                inlined = _restore(_inline_css(protected), constructs, nonce, template)
+                html = self._from_string(self.html_env, inlined, template)
+            except TemplateError as error:
+                unsafe = error.problem
+        if unsafe is not None:
+            log.info("%s: CSS inlined per message (slower): %s", template, unsafe)
+        text: jinja2.Template | None = None
         if text_template is not None:
             text = self._load(self.text_env, text_template, dependencies)
-        else:
+        elif unsafe is None:
             text = self._derive_text(protected, constructs, nonce, template)
         subject_template = self._from_string(self.text_env, subject, "subject")
         return CompiledStep(
@@ -167,6 +180,7 @@ class Renderer:
             text=text,
             template_name=template,
             dependencies=dependencies,
+            inline_each=unsafe,
         )
 
     def _derive_text(self, protected: str, constructs: list[tuple[str, str]], nonce: str, name: str) -> jinja2.Template | None:
@@ -317,6 +331,39 @@ def _constructs(env: jinja2.Environment, source: str, name: str) -> list[tuple[s
             pieces.append((kind, "".join(current), tag))
             current = []
     return pieces
+
+
+_MACRO_TAGS = frozenset({"import", "from", "macro", "call"})
+_STRUCTURE_ATTRIBUTES = frozenset({"class", "id", "style"})  # what CSS selectors and inlining read
+_ATTRIBUTE_OPEN = re.compile(r"""([\w:-]+)\s*=\s*(["'])[^"']*$""")
+
+
+def _unsafe_to_inline_once(protected: str, constructs: list[tuple[str, str]], nonce: str) -> str | None:
+    """Why inlining this template once could differ from inlining each message, or None.
+
+    Macros render HTML that premailer never sees; a construct that makes a tag's name or
+    attributes (`<p {% if vip %}class="a"{% endif %}>`, `class="{{ tier }}"`) changes what
+    CSS selectors match per recipient. Those templates are inlined per message instead.
+    """
+    for kind, text in constructs:
+        tag = text.lstrip("{%-+ ").split(" ", 1)[0].split("%", 1)[0]
+        if kind == "block" and tag in _MACRO_TAGS:
+            return f"it uses {{% {tag} %}}, whose HTML is only known per message"
+    pattern = re.compile(rf"zq{nonce}q(\d+)z")
+    for match in pattern.finditer(protected):
+        before = protected[: match.start()]
+        opened, closed = before.rfind("<"), before.rfind(">")
+        if opened <= closed:
+            continue  # in text, not inside a tag
+        kind, text = constructs[int(match.group(1))]
+        in_tag = before[opened:]
+        attribute = _ATTRIBUTE_OPEN.search(in_tag)
+        if attribute is None:
+            return f"{text!r} makes part of a tag"
+        name = attribute.group(1).lower()
+        if name in _STRUCTURE_ATTRIBUTES and (kind != "variable" or name != "style"):
+            return f"{text!r} decides a {name} attribute"
+    return None
 
 
 def _fresh_nonce(source: str) -> str:

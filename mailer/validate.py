@@ -32,13 +32,18 @@ def validate(config: Config, *, path: Path | None, leads_csv: Path | None) -> tu
     renderer = Renderer(config.templates)
     composer = Composer(renderer, config.identities)
     steps = 0
+    notes: list[str] = []
     for scenario in scenarios:
         for step in scenario.steps:
             steps += 1
             problem = _check_step(renderer, composer, scenario, step, leads)
             if problem is not None:
                 problems.append(problem)
-    summary = (
+                continue
+            compiled = renderer.step(subject=step.subject, template=step.template, text_template=step.text_template)
+            if compiled.inline_each is not None:
+                notes.append(f"note: {step.template}: CSS is inlined per message, which is slower: {compiled.inline_each}")
+    summary = "".join(note + "\n" for note in dict.fromkeys(notes)) + (
         f"{len(scenarios)} scenarios, {steps} steps rendered against {len(leads)} sample leads: "
         + (f"{len(problems)} problems" if problems else "all good")
     )

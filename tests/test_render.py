@@ -53,6 +53,7 @@ def test_inline_once_equals_per_message_inlining_for_every_shipped_template(temp
     """For each shipped template and sample lead, the cached inlined render is the same document as premailer on that message."""
     renderer = Renderer(examples().templates)
     compiled = renderer.step(subject="s", template=template, text_template=None)
+    assert compiled.inline_each is None, "shipped templates take the fast path"
     scenarios, _ = load_scenarios(examples().scenarios, templates_dir=examples().templates)
     scenario = scenarios[0]
     step = next(s for s in scenario.steps if s.template == template)
@@ -120,11 +121,33 @@ def test_a_variable_in_a_style_rule_is_inlined_into_each_element(tmp_path: Path)
     assert compiled.render({"brand": "#123456"}).html.count('style="color:#123456"') == 2
 
 
-def test_a_tag_that_inlining_would_drop_is_refused_not_sent_wrong(tmp_path: Path) -> None:
-    """An `{% if %}` inside <style> cannot survive inlining: a TemplateError names the template."""
+def test_a_tag_that_inlining_would_drop_falls_back_to_inlining_each_message(tmp_path: Path) -> None:
+    """An `{% if %}` inside <style> cannot be inlined once: that template is inlined per message, correctly."""
     write(tmp_path, "step.html", "<html><head><style>{% if dark %}p { color: white; }{% endif %}</style></head><body><p>x</p></body></html>")
-    with pytest.raises(TemplateError, match="step.html"):
-        Renderer(tmp_path).step(subject="s", template="step.html", text_template=None)
+    compiled = Renderer(tmp_path).step(subject="s", template="step.html", text_template=None)
+    assert compiled.inline_each is not None
+    assert 'style="color:white"' in compiled.render({"dark": True}).html
+    assert "color" not in compiled.render({"dark": False}).html
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        '<p {% if lead.vip %}class="a"{% endif %}>hello</p>',
+        '<p class="{{ lead.tier }}">hello</p>',
+        '{% macro button(t) %}<a class="a" href="#">{{ t }}</a>{% endmacro %}<p>{{ button("go") }}</p>',
+    ],
+    ids=["conditional-attribute", "class-from-a-variable", "macro"],
+)
+def test_templates_whose_selectors_vary_per_lead_equal_per_message_inlining(tmp_path: Path, body: str) -> None:
+    """Conditional attributes, variable classes and macros: the output equals premailer on each message."""
+    write(tmp_path, "step.html", f"<html><head><style>.a {{ color: red; }}</style></head><body>{body}</body></html>")
+    renderer = Renderer(tmp_path)
+    compiled = renderer.step(subject="s", template="step.html", text_template=None)
+    for lead in ({"vip": True, "tier": "a"}, {"vip": False, "tier": "b"}):
+        context = {"lead": lead}
+        expected = inline_css(renderer.html_env.get_template("step.html").render(context))
+        assert document(compiled.render(context).html) == document(expected)
 
 
 def test_raw_blocks_stay_literal(tmp_path: Path) -> None:
