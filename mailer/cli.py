@@ -128,17 +128,20 @@ def _init(args: argparse.Namespace) -> int:
     directory.mkdir(parents=True, exist_ok=True)
     config_path = directory / CONFIG_NAME
     key_path = directory / "mailer.key"
-    for path in (config_path, key_path):
-        if path.exists() and not args.force:
-            raise ConfigError("already exists", file=str(path), hint="pass --force to overwrite it")
+    if config_path.exists() and not args.force:
+        raise ConfigError("already exists", file=str(config_path), hint="pass --force to overwrite it")
     config_path.write_text(STARTER_CONFIG, encoding="utf-8")
-    # The key is created with mode 0600 from the start, never world-readable for a moment.
-    fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as key_file:
-        key_file.write(secrets.token_urlsafe(48) + "\n")
-    os.chmod(key_path, 0o600)
+    if key_path.exists():
+        # Never replaced: links and bounce addresses already sent are signed with it.
+        print(f"kept the existing key {key_path}")
+    else:
+        # Created with mode 0600 from the start, never world-readable for a moment.
+        fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as key_file:
+            key_file.write(secrets.token_urlsafe(48) + "\n")
+        print(f"wrote {key_path} (mode 0600)")
     copied = copy_examples(directory)
-    print(f"wrote {config_path} and {key_path} (mode 0600)")
+    print(f"wrote {config_path}")
     for item in copied:
         print(f"wrote {item}")
     print(f"next: edit {config_path} ([relay] and [identities.default]), then `mailer leads import FILE.csv --list trial-signups`")

@@ -234,6 +234,21 @@ def parse_config(raw: dict[str, Any], *, text: str = "", path: Path | None = Non
     for name in ("concurrency", "messages_per_connection", "batch_size"):
         if getattr(config.delivery, name) < 1:
             raise where.error(f"delivery.{name}", "must be at least 1", "")
+    if not 1 <= config.relay.port <= 65535:
+        raise where.error("relay.port", f"{config.relay.port} is not a TCP port", "use 25, 587 or 465, or your relay's port")
+    for name in ("connect", "mail", "rcpt", "data"):
+        if getattr(config.timeouts, name) <= 0:
+            raise where.error(f"timeouts.{name}", "must be more than 0 seconds", "the defaults are RFC 5321's minimums")
+    for dotted, value in (
+        ("retry.max_age", config.retry.max_age),
+        ("scheduler.poll_interval", config.scheduler.poll_interval),
+        ("scheduler.entry_interval", config.scheduler.entry_interval),
+        ("bounces.soft_window", config.bounces.soft_window),
+    ):
+        if value < timedelta(seconds=1):
+            raise where.error(dotted, "must be at least 1s", "e.g. 1m, 4h or 4d")
+    if config.bounces.soft_limit < 1:
+        raise where.error("bounces.soft_limit", "must be at least 1", "")
     return config
 
 
@@ -242,12 +257,27 @@ def _identities(value: Any, where: _Locator) -> dict[str, IdentityConfig]:
     identities = {}
     for name, section in table.items():
         identity = _section(IdentityConfig, section, f"identities.{name}", where)
-        if "@" not in identity.from_address:
-            raise where.error(f"identities.{name}.from", f"no address in {identity.from_!r}", 'write e.g. "Acme Marketing <news@acme.example>"')
+        for key, written, address in (
+            ("from", identity.from_, identity.from_address),
+            ("reply_to", identity.reply_to, identity.reply_to_address),
+            ("return_path", identity.return_path, identity.return_path),
+        ):
+            if (key == "from" or written) and not _is_address(address):
+                raise where.error(f"identities.{name}.{key}", f"no valid address in {written!r}", 'write e.g. "Acme Marketing <news@acme.example>"')
         identities[name] = identity
     if not identities:
         raise where.error("identities", "no sending identity", "add an [identities.default] table with a `from` key")
     return identities
+
+
+def _is_address(address: str) -> bool:
+    from mailer.mime import wire_address  # the same check the assembler makes
+
+    try:
+        wire_address(address)
+    except ValueError:
+        return False
+    return True
 
 
 def _section(cls: type, value: Any, name: str, where: _Locator) -> Any:
@@ -274,6 +304,9 @@ def _section(cls: type, value: Any, name: str, where: _Locator) -> Any:
 
 
 def _expect(value: Any, kind: type, key: str, where: _Locator) -> Any:
+    if isinstance(value, str) and any(char in value for char in "\r\n\x00"):
+        # Values end up in headers and SMTP commands: a line break would inject a header.
+        raise where.error(key, "contains a line break or NUL", "write the value on one line")
     if isinstance(value, kind) and not (kind is not bool and isinstance(value, bool)):
         return value
     word = _TYPE_WORDS.get(kind, "a table" if kind is dict else kind.__name__)
@@ -298,7 +331,7 @@ class _Locator:
         current = ""
         for number, line in enumerate(self.lines, start=1):
             stripped = line.strip()
-            header = re.fullmatch(r"\[\s*([^\]]+?)\s*\]", stripped)
+            header = re.fullmatch(r"\[\s*([^\]]+?)\s*\]\s*(?:#.*)?", stripped)
             if header:
                 current = header.group(1)
                 if current == dotted:

@@ -302,8 +302,10 @@ def _parse_row(
 ) -> Lead | str:
     """The lead a data row describes (its own source only), or why it cannot be one."""
     width = len(columns)
-    if len(cells) < width or not _is_blank(cells[width:]):
+    if not _is_blank(cells[width:]):
         return f"The row has {len(cells)} cells but the header has {width} columns."
+    # Spreadsheets leave out empty cells at the end of a row: they are empty values.
+    cells = [*cells[:width], *[""] * (width - len(cells))]
     fields: dict[str, str] = {}
     attributes: dict[str, str] = {}
     for column, cell in zip(columns, cells):

@@ -43,7 +43,7 @@ async def import_leads(
     """Import a CSV; exit code 2 when rows were rejected (the others are imported unless strict)."""
     plan = read_with_progress(path, source=source, check_deliverability=check_deliverability)
     for rejection in plan.rejected:
-        print(f"{path}:{rejection.line}: email: {rejection.reason} ({rejection.email!r}) — fix the row and import again", file=sys.stderr)
+        print(f"{path}:{rejection.line}: {rejection.email or '(no address)'}: {rejection.reason} — fix the row and import again", file=sys.stderr)
     if strict and plan.rejected:
         print(f"mailer: error: {len(plan.rejected)} rows rejected; nothing imported (--strict)", file=sys.stderr)
         return EXIT_REJECTED_ROWS

@@ -8,8 +8,11 @@ with its template file and line, not a blank in ten thousand inboxes.
 from __future__ import annotations
 
 import asyncio
+import re
 from datetime import datetime, timezone
 from pathlib import Path
+
+from email_validator import EmailNotValidError
 
 from mailer.compose import Composer, context_for
 from mailer.config import Config
@@ -126,16 +129,21 @@ async def preview(config: Config, *, scenario_name: str, step_id: str, email: st
         raise ScenarioError(f"no step {step_id!r}", file=scenario.file, field="steps", hint="steps: " + ", ".join(s.id for s in scenario.steps))
     step = scenario.steps[scenario.step_index(step_id)]
 
+    try:
+        address = normalize_email(email)
+    except EmailNotValidError as error:
+        raise UserError(str(error), field="--lead", hint="give the address of an imported lead") from None
     lead = None
     if config.store.exists():
         async with SQLiteStore(config.store) as store:
-            lead = await store.get_lead(normalize_email(email))
+            lead = await store.get_lead(address)
     if lead is None:
         raise UserError(f"no lead {email!r} in {config.store}", field="--lead", hint="import it with `mailer leads import`")
     composer = Composer(Renderer(config.templates), config.identities)
     composed = composer.compose(scenario, step, lead, message_id=make_message_id(config.identities[scenario.sender].message_id_domain), now=datetime.now(timezone.utc))
     out.mkdir(parents=True, exist_ok=True)
-    stem = f"{scenario.name}-{step.id}-{lead.email.replace('@', '_at_')}"
+    # Addresses may hold "/" and other characters a file name must not.
+    stem = re.sub(r"[^\w.@+-]", "_", f"{scenario.name}-{step.id}-{lead.email}").replace("@", "_at_")
     eml = out / f"{stem}.eml"
     html = out / f"{stem}.html"
     eml.write_bytes(composed.wire)

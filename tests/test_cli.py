@@ -127,7 +127,7 @@ def test_csv_with_an_invalid_row_reports_it_and_imports_the_rest(workspace: Path
     csv_file.write_text("email,first_name\nok@example.com,Ok\nnot-an-address,Bad\nyamada@example.jp,太郎\n", encoding="utf-8")
     code, out, err = run(capsys, "leads", "import", str(csv_file), "--list", "signups")
     assert code == 2
-    assert f"{csv_file}:3: email:" in err and "not-an-address" in err
+    assert f"{csv_file}:3: not-an-address: An email address must have an @-sign." in err
     assert "2 leads created" in out
     with sqlite3.connect(workspace / "mailer.db") as db:
         assert sorted(r[0] for r in db.execute("SELECT email FROM leads")) == ["ok@example.com", "yamada@example.jp"]
@@ -188,3 +188,17 @@ def test_python_dash_m_runs_the_same_command(tmp_path: Path) -> None:
     """`python -m mailer` is the same program as the `mailer` script."""
     result = subprocess.run([sys.executable, "-m", "mailer", "--help"], capture_output=True, text=True, cwd=tmp_path, env=os.environ.copy())
     assert result.returncode == 0 and "demo" in result.stdout
+
+
+def test_init_force_rewrites_the_config_but_keeps_the_key(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`mailer init --force` never replaces the key that signed links already sent."""
+    assert run(capsys, "init", str(tmp_path))[0] == 0
+    key = (tmp_path / "mailer.key").read_text()
+    assert run(capsys, "init", str(tmp_path), "--force")[0] == 0
+    assert (tmp_path / "mailer.key").read_text() == key
+
+
+def test_preview_with_a_bad_address_is_one_line(workspace: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`--lead 'not an address'` is a user mistake: one line, exit code 2."""
+    code, _, err = run(capsys, "preview", "three-steps", "one", "--lead", "not an address")
+    assert code == 2 and "--lead" in one_error_line(err)

@@ -161,14 +161,14 @@ def test_durations_are_read_from_marketer_notation(tmp_path: Path) -> None:
         write(
             tmp_path,
             '[retry]\nfirst = "20m"\nmax_interval = "3h30m"\nmax_age = "1w"\n\n'
-            '[scheduler]\npoll_interval = "30s"\nentry_interval = "0"\n',
+            '[scheduler]\npoll_interval = "30s"\nentry_interval = "90s"\n',
         )
     )
     assert config.retry.first == timedelta(minutes=20)
     assert config.retry.max_interval == timedelta(hours=3, minutes=30)
     assert config.retry.max_age == timedelta(weeks=1)
     assert config.scheduler.poll_interval == timedelta(seconds=30)
-    assert config.scheduler.entry_interval == timedelta(0)
+    assert config.scheduler.entry_interval == timedelta(seconds=90)
 
 
 @pytest.mark.parametrize("value", ['"20 minutes"', '"20M"', '"h"', '""'])
@@ -319,3 +319,33 @@ def test_missing_secret_key_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
         load_config(write(tmp_path, "")).secret_key()
     assert caught.value.file == str(tmp_path / "mailer.key")
+
+
+@pytest.mark.parametrize(
+    ("toml", "key"),
+    [
+        ('[relay]\nport = 99999\n', "relay.port"),
+        ('[timeouts]\nconnect = -1\n', "timeouts.connect"),
+        ('[retry]\nmax_age = "0"\n', "retry.max_age"),
+        ('[scheduler]\npoll_interval = "0"\n', "scheduler.poll_interval"),
+        ('[identities.default]\nfrom = "Acme\\r\\nBcc: x@example.org <news@acme.example>"\n', "identities.default.from"),
+        ('[identities.default]\nfrom = "Acme news@acme.example"\n', "identities.default.from"),
+    ],
+    ids=["port", "negative-timeout", "zero-max-age", "zero-poll", "header-injection", "no-angle-brackets"],
+)
+def test_out_of_range_and_unsafe_values_are_refused(tmp_path: Path, toml: str, key: str) -> None:
+    """Values that would spin the daemon, never connect or inject a header are errors naming the key."""
+    path = tmp_path / "mailer.toml"
+    path.write_text(toml)
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert caught.value.field == key
+
+
+def test_keys_under_a_commented_section_header_get_their_line(tmp_path: Path) -> None:
+    """`[relay]   # comment` still lets errors name the key's line."""
+    path = tmp_path / "mailer.toml"
+    path.write_text('[relay]                 # the relay\nhost = "x"\nport = "25"\n')
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert caught.value.line == 3

@@ -258,7 +258,7 @@ def test_unknown_timezone_is_rejected(tmp_path: Path) -> None:
 
 
 def test_wrong_number_of_cells_is_rejected(tmp_path: Path) -> None:
-    """Rows with missing cells or extra non-empty cells are rejected; trailing empty padding is tolerated."""
+    """Extra non-empty cells are rejected; missing trailing cells are empty values, as spreadsheets write them."""
     plan = read(
         tmp_path,
         "email,first_name,\n"  # a trailing empty header cell is padding
@@ -266,9 +266,8 @@ def test_wrong_number_of_cells_is_rejected(tmp_path: Path) -> None:
         "b@example.com,B,,,\n"
         "c@example.com,C,surprise\n",
     )
-    assert [lead.email for lead in plan.leads] == ["b@example.com"]
+    assert [lead.email for lead in plan.leads] == ["a@example.com", "b@example.com"]
     assert plan.rejected == (
-        Rejection(line=2, email="a@example.com", reason="The row has 1 cells but the header has 2 columns."),
         Rejection(line=4, email="c@example.com", reason="The row has 3 cells but the header has 2 columns."),
     )
 
