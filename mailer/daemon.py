@@ -13,6 +13,7 @@ finish, writes their outcomes, hands unstarted claims back to the queue and retu
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import random
 from collections.abc import Callable, Sequence
@@ -30,9 +31,15 @@ from mailer.mime import make_message_id, wire_address
 from mailer.planner import Decision, plan
 from mailer.render import Renderer
 from mailer.reply import SMTPReply, Verdict
+from mailer.bouncepolicy import SUPPRESSION_REASONS, Action, BouncePolicy, decide, suppresses
+from mailer.classify import classify_reply
+from mailer.reasons import SENDER_PROBLEMS, BounceClass, Reason
+from mailer.reply import SESSION_COMMANDS
 from mailer.retry import RetryPolicy
+from mailer.tokens import Signer
+from mailer.verp import verp_address
 from mailer.scenario import Scenario, Step, load_scenarios
-from mailer.store import ClaimedMessage, EnrollmentUpdate, NewMessage, Outcome, Store
+from mailer.store import BounceRecord, ClaimedMessage, EnrollmentUpdate, NewMessage, Outcome, Store
 from mailer.transport import Envelope, SMTPConnection, SMTPTransport
 
 log = logging.getLogger("mailer.daemon")
@@ -79,6 +86,8 @@ class Daemon:
         self.transport = transport or SMTPTransport(config.relay, config.timeouts)
         self.composer = Composer(Renderer(config.templates), config.identities)
         self.retry = RetryPolicy.from_config(config.retry)
+        self.bounce_policy = BouncePolicy(config.bounces.soft_limit, config.bounces.soft_window)
+        self.signer = Signer(config.secret_keys()) if config.bounces.domain else None
         self.on_outcome = on_outcome
         self.rng = rng or random.Random()
         self.report = Report()
@@ -297,6 +306,12 @@ class Daemon:
             outcome, summary = self._temporary(message, self.clock.now(), reply), ""
         self._pending.append(outcome)
         self.report.count(outcome.state)
+        if outcome.state is not MessageState.SENT:
+            retry = f"; next try {outcome.next_attempt_at:%Y-%m-%d %H:%M} UTC" if outcome.next_attempt_at else ""
+            log.warning(
+                "%s %s → %s (%s/%s): %s%s", outcome.state.value, message.message_id, message.lead.email,
+                message.scenario, message.step_id, outcome.reply or outcome.detail, retry,
+            )
         if self.on_outcome is not None:
             self.on_outcome(message, outcome, summary)
         if len(self._pending) >= self.config.delivery.batch_size:
@@ -319,15 +334,50 @@ class Daemon:
             log.error("message %s cannot be built: %s", message.message_id, error)
             return self._outcome(message, MessageState.FAILED, now, detail=str(error)), ""
         identity = self._identity(scenario)
-        envelope = Envelope(wire_address(identity.envelope_sender), wire_address(lead.email), composed.smtputf8)
+        sender = identity.envelope_sender
+        if self.signer is not None:
+            bounces = self.config.bounces
+            sender = verp_address(self.signer, message=message.id, local_part=bounces.local_part, domain=bounces.domain)
+        envelope = Envelope(wire_address(sender), wire_address(lead.email), composed.smtputf8)
         reply = await connection.send(envelope, composed.wire)
         subject = composed.parts.subject
         now = self.clock.now()
         if reply.verdict is Verdict.ACCEPTED:
             return self._outcome(message, MessageState.SENT, now, reply=reply), subject
-        if reply.verdict is Verdict.PERMANENT:
-            return self._outcome(message, MessageState.FAILED, now, reply=reply), subject
-        return self._temporary(message, now, reply), subject
+        return await self._refused(message, now, reply), subject
+
+    async def _refused(self, message: ClaimedMessage, now: datetime, reply: SMTPReply) -> Outcome:
+        """A refusal, read by the bounce classifier and acted on by the bounce policy.
+
+        No reply at all, or a refusal of our own session or MAIL FROM, is about us: wait. A
+        4xx is a deferral, not a bounce, until the message expires. Otherwise the policy
+        decides: suppress (hard, escalated soft), alert (the sender's problem, suppress
+        nobody, retry) or retry (soft).
+        """
+        if reply.code is None or reply.command in SESSION_COMMANDS:
+            return self._temporary(message, now, reply)
+        lead = message.lead
+        found = classify_reply(code=reply.code, enhanced=reply.enhanced, text=reply.text, command=reply.command, host=reply.host)
+        reason, bounce_class = found.reason, found.bounce_class
+        retried = self._temporary(message, now, reply)
+        if reply.verdict is Verdict.TEMPORARY:
+            if retried.state is not MessageState.EXPIRED:
+                return retried
+            reason, bounce_class = Reason.EXPIRED, BounceClass.SOFT  # the last deferral: a soft bounce
+        earlier = 0
+        if bounce_class is BounceClass.SOFT and reason not in SENDER_PROBLEMS:
+            earlier = await self.store.soft_bounces_since(lead.email, now - self.bounce_policy.soft_window)
+        action = decide(reason, bounce_class, earlier_soft=earlier, policy=self.bounce_policy)
+        outcome = self._outcome(message, MessageState.FAILED, now, reply=reply) if suppresses(action) else retried
+        if action is Action.SENDER_ALERT:
+            log.warning("deliverability alert: %s refused us for %s: %s (%s)", reply.host, lead.email, reply, reason)
+        bounce = BounceRecord(
+            at=now, source="smtp", email=lead.email, kind="bounce", reason=reason.value,
+            bounce_class=bounce_class.value, action=action.value, status=reply.enhanced, reply_code=reply.code,
+            diagnostic=reply.text, rule=found.rule, remote_host=reply.host, message=message.id,
+            lead_id=lead.id, evidence=str(reply).encode(), suppression=SUPPRESSION_REASONS.get(action),
+        )
+        return dataclasses.replace(outcome, bounce=bounce)
 
     def _temporary(self, message: ClaimedMessage, now: datetime, reply: SMTPReply) -> Outcome:
         retry_at = self.retry.next_attempt(

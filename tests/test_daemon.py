@@ -226,3 +226,62 @@ async def test_a_locked_database_delays_but_never_loses_or_repeats(tmp_path: Pat
         await running.counts_become({"sent": 50}, timeout=30)
     ids = [m.parsed()["Message-ID"] for m in smtp_server.messages]
     assert len(ids) == len(set(ids)) == 50
+
+
+async def test_a_550_unknown_user_suppresses_the_address_and_its_later_steps_exit(running: Running) -> None:
+    """550 5.1.1 at RCPT: failed, the address suppressed with the reply as evidence, no later step sent."""
+    running.server.script("lead003@example.com", "RCPT", "550 5.1.1 The email account that you tried to reach does not exist")
+    await running.clock.advance(hours=1)
+    await running.counts_become({"sent": 49, "failed": 1})
+    assert await running.store.suppressions_of("lead003@example.com") == [
+        ("", "hard-bounce", "userunknown: The email account that you tried to reach does not exist")
+    ]
+    [bounce] = await running.store.bounces(email="lead003@example.com")
+    assert (bounce.reason, bounce.bounce_class, bounce.action, bounce.source) == ("userunknown", "hard", "suppress", "smtp")
+    assert bounce.evidence.startswith(b"550 5.1.1")
+    await running.clock.advance(days=2)
+    await running.server.wait_for(98)
+    await running.settle()
+    assert not [m for m in running.server.messages if m.rcpt_tos == ("lead003@example.com",) and "Two" in str(m.parsed()["Subject"])]
+
+
+async def test_a_blocklisting_refusal_suppresses_nobody_and_is_retried(running: Running) -> None:
+    """554 5.7.1 'blocked using Spamhaus' is the sender's problem: recorded, retried, nobody suppressed."""
+    running.server.script("lead004@example.com", "RCPT", "554 5.7.1 Service unavailable; Client host [192.0.2.1] blocked using zen.spamhaus.org")
+    await running.clock.advance(hours=1)
+    await running.counts_become({"sent": 49, "deferred": 1})
+    assert await running.store.suppressions_of("lead004@example.com") == []
+    [bounce] = await running.store.bounces(email="lead004@example.com")
+    assert bounce.action == "sender-alert" and bounce.suppression is None
+    await running.clock.advance(minutes=25)
+    await running.counts_become({"sent": 50})
+
+
+async def test_a_full_mailbox_is_deferred_without_counting_as_a_bounce(running: Running) -> None:
+    """452 4.2.2 mailbox full is a deferral: retried, no bounce recorded until the message expires."""
+    running.server.script("lead006@example.com", "RCPT", "452 4.2.2 Mailbox full")
+    await running.clock.advance(hours=1)
+    await running.counts_become({"sent": 49, "deferred": 1})
+    assert await running.store.bounces(email="lead006@example.com") == []
+
+
+async def test_with_a_bounce_domain_every_message_has_its_own_signed_verp_sender(tmp_path: Path, smtp_server: CaptureServer) -> None:
+    """MAIL FROM is bounces+<signed token>@bounce domain, and the token names that message."""
+    from mailer.tokens import Signer
+    from mailer.verp import message_of
+
+    (tmp_path / "mailer.key").write_text("k" * 48 + "\n")
+    async with run_daemon(tmp_path, smtp_server, bounces={"domain": "bounce.acme.example"}) as running:
+        await running.clock.advance(hours=1)
+        received = await smtp_server.wait_for(50)
+        await running.counts_become({"sent": 50})
+        signer = Signer([b"k" * 48])
+        found = set()
+        for item in received:
+            row = message_of(signer, item.mail_from, local_part="bounces", domain="bounce.acme.example")
+            assert row is not None
+            ref = await running.store.find_message(row_id=row)
+            assert ref is not None and ref.email == item.rcpt_tos[0]
+            assert ref.message_id == str(item.parsed()["Message-ID"])
+            found.add(row)
+    assert len(found) == 50
