@@ -151,7 +151,7 @@ def _init(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace) -> int:
     from mailer.daemon import Daemon
     from mailer.servelock import serve_lock
-    from mailer.sqlitestore import SQLiteStore
+    from mailer.store import open_store
 
     config = load(args, required=True)
     if config.relay.username and not os.environ.get(config.relay.password_env):
@@ -178,7 +178,7 @@ def _serve(args: argparse.Namespace) -> int:
 
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, on_signal)
-        async with SQLiteStore(config.store) as store:
+        async with open_store(config) as store:
             daemon = Daemon(config=config, store=store, clock=make_clock(config))
             errors = daemon.load_scenarios()
             if not daemon.scenarios and errors:
@@ -209,7 +209,7 @@ def _validate(args: argparse.Namespace) -> int:
 def _preview(args: argparse.Namespace) -> int:
     from mailer.validate import preview
 
-    config = load(args)
+    config = load(args, required=True)  # never a stray mailer.db in the wrong folder
     written = asyncio.run(preview(config, scenario_name=args.scenario, step_id=args.step, email=args.lead, out=args.out))
     for path in written:
         print(f"wrote {path}")
@@ -219,7 +219,7 @@ def _preview(args: argparse.Namespace) -> int:
 def _leads_import(args: argparse.Namespace) -> int:
     from mailer.importing import import_leads
 
-    config = load(args)
+    config = load(args, required=True)  # never a stray mailer.db in the wrong folder
     return asyncio.run(
         import_leads(
             config,
@@ -233,12 +233,12 @@ def _leads_import(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from mailer.sqlitestore import SQLiteStore
+    from mailer.store import open_store
 
-    config = load(args)
+    config = load(args, required=True)  # never a stray mailer.db in the wrong folder
 
     async def run() -> None:
-        async with SQLiteStore(config.store) as store:
+        async with open_store(config) as store:
             print(f"leads: {await store.lead_count()}")
             print("enrollments: " + _counts(await store.enrollment_counts()))
             print("messages: " + _counts(await store.message_counts()))

@@ -22,8 +22,7 @@ from mailer.errors import UserError
 from mailer.examples_data import copy_examples
 from mailer.importing import read_with_progress
 from mailer.planner import lead_zone
-from mailer.sqlitestore import SQLiteStore
-from mailer.store import ClaimedMessage, Outcome
+from mailer.store import ClaimedMessage, Outcome, Store, open_store
 from mailer.testing import CaptureServer
 
 DEMO_LIST = "trial-signups"
@@ -75,7 +74,7 @@ async def run_demo(*, workspace: Path | None, days: float, seconds: float) -> in
         plan = read_with_progress(workspace / "leads.csv", source="demo", check_deliverability=False)
         for rejection in plan.rejected:
             print(f"  leads.csv:{rejection.line}: rejected {rejection.email!r}: {rejection.reason}")
-        async with SQLiteStore(config.store) as store:
+        async with open_store(config) as store:
             counts = await store.upsert_leads(plan.leads, list_name=DEMO_LIST, now=datetime.now().astimezone())
             print(f"imported {counts.created} leads into list {DEMO_LIST!r} ({len(plan.rejected)} row rejected)\n")
 
@@ -129,7 +128,7 @@ def _refuse_a_real_workspace(workspace: Path) -> None:
         )
 
 
-async def _stop_when_done(store: SQLiteStore, clock: AcceleratedClock, deadline: datetime, stop: asyncio.Event) -> None:
+async def _stop_when_done(store: Store, clock: AcceleratedClock, deadline: datetime, stop: asyncio.Event) -> None:
     """Stop the daemon at the deadline, or once every enrollment and message is finished."""
     while clock.now() < deadline:
         await asyncio.sleep(0.2)

@@ -10,7 +10,7 @@ from tqdm import tqdm
 
 from mailer.config import Config
 from mailer.csvimport import ImportPlan, read_leads_csv
-from mailer.sqlitestore import SQLiteStore
+from mailer.store import open_store
 from mailer.store import UpsertCounts
 
 EXIT_REJECTED_ROWS = 2
@@ -27,7 +27,7 @@ def read_with_progress(path: Path, *, source: str | None, check_deliverability: 
 
 
 async def write_plan(config: Config, plan: ImportPlan, *, list_name: str | None) -> UpsertCounts:
-    async with SQLiteStore(config.store) as store:
+    async with open_store(config) as store:
         return await store.upsert_leads(plan.leads, list_name=list_name, now=datetime.now(timezone.utc))
 
 

@@ -23,7 +23,7 @@ from mailer.leads import Lead
 from mailer.mime import make_message_id
 from mailer.render import Renderer, render_error
 from mailer.scenario import Scenario, Step, load_scenario, load_scenarios
-from mailer.sqlitestore import SQLiteStore
+from mailer.store import open_store
 
 SAMPLE_SIZE = 20
 
@@ -106,7 +106,7 @@ def sample_leads(config: Config, leads_csv: Path | None) -> list[Lead]:
     if config.store.exists():
 
         async def from_store() -> list[Lead]:
-            async with SQLiteStore(config.store) as store:
+            async with open_store(config) as store:
                 return await store.sample_leads(SAMPLE_SIZE)
 
         stored = asyncio.run(from_store())
@@ -135,7 +135,7 @@ async def preview(config: Config, *, scenario_name: str, step_id: str, email: st
         raise UserError(str(error), field="--lead", hint="give the address of an imported lead") from None
     lead = None
     if config.store.exists():
-        async with SQLiteStore(config.store) as store:
+        async with open_store(config) as store:
             lead = await store.get_lead(address)
     if lead is None:
         raise UserError(f"no lead {email!r} in {config.store}", field="--lead", hint="import it with `mailer leads import`")

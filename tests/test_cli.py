@@ -25,8 +25,19 @@ def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
 @pytest.fixture
 def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     write_workspace(tmp_path)
+    (tmp_path / "mailer.toml").write_text('[identities.default]\nfrom = "Acme <news@acme.example>"\n')
     monkeypatch.chdir(tmp_path)
     return tmp_path
+
+
+def test_stateful_commands_need_a_workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """`leads import` or `status` outside a workspace says to run `mailer init` and creates no database."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "leads.csv").write_text("email\na@example.com\n")
+    for args in (("status",), ("leads", "import", "leads.csv")):
+        code, _, err = run(capsys, *args)
+        assert code == 2 and "mailer init" in one_error_line(err)
+    assert not (tmp_path / "mailer.db").exists()
 
 
 def one_error_line(err: str) -> str:
