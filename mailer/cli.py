@@ -19,6 +19,7 @@ from pathlib import Path
 from mailer.clock import AcceleratedClock, Clock, SystemClock
 from mailer.config import CONFIG_NAME, STARTER_CONFIG, Config, load_config
 from mailer.errors import ConfigError, MailerError, UserError
+from mailer.store import BounceRecord
 
 EXIT_USER_ERROR = 2
 
@@ -84,6 +85,22 @@ def _parser() -> argparse.ArgumentParser:
     import_.add_argument("--check-deliverability", action="store_true", help="also check each domain in DNS")
     import_.add_argument("--strict", action="store_true", help="import nothing if any row is rejected")
     import_.set_defaults(run=_leads_import)
+
+    bounces = commands.add_parser("bounces", help="bounce evidence: ingest, list, show, undo")
+    bounce_commands = bounces.add_subparsers(dest="bounces_command", metavar="ACTION", required=True)
+    ingest_ = bounce_commands.add_parser("ingest", help="read bounce messages from an .eml, mbox or maildir")
+    ingest_.add_argument("path", type=Path)
+    ingest_.set_defaults(run=_bounces_ingest)
+    list_ = bounce_commands.add_parser("list", help="the latest bounces and what was done")
+    list_.add_argument("--email", default=None)
+    list_.add_argument("--limit", type=int, default=50)
+    list_.set_defaults(run=_bounces_list)
+    show = bounce_commands.add_parser("show", help="one bounce with its evidence")
+    show.add_argument("id", type=int)
+    show.set_defaults(run=_bounces_show)
+    undo = bounce_commands.add_parser("undo", help="reverse a bounce's suppression (a false positive)")
+    undo.add_argument("target", help="a bounce id, or an address to lift every bounce suppression of")
+    undo.set_defaults(run=_bounces_undo)
 
     status = commands.add_parser("status", help="count leads, enrollments and messages by state")
     status.set_defaults(run=_status)
@@ -244,6 +261,82 @@ def _status(args: argparse.Namespace) -> int:
             print("messages: " + _counts(await store.message_counts()))
 
     asyncio.run(run())
+    return 0
+
+
+def _bounces_ingest(args: argparse.Namespace) -> int:
+    from mailer.ingest import ingest
+
+    config = load(args, required=True)
+    report = asyncio.run(ingest(config, args.path))
+    actions = ", ".join(f"{action} {n}" for action, n in sorted(report.actions.items())) or "none"
+    print(f"{report.messages} messages: {report.not_bounces} not bounces, {report.unmatched} not matched to a message; actions: {actions}")
+    return 0
+
+
+def _bounce_line(record: BounceRecord) -> str:
+    undone = " (undone)" if record.undone_at else ""
+    code = " ".join(str(x) for x in (record.reply_code, record.status) if x)
+    return (
+        f"#{record.id} {record.at:%Y-%m-%d %H:%M} {record.email} {record.reason}/{record.bounce_class} "
+        f"{code} → {record.action}{undone} [{record.source}, rule {record.rule or '-'}]"
+    )
+
+
+def _bounces_list(args: argparse.Namespace) -> int:
+    from mailer.store import open_store
+
+    config = load(args, required=True)
+
+    async def run() -> list[BounceRecord]:
+        async with open_store(config) as store:
+            return await store.bounces(email=args.email, limit=args.limit)
+
+    for record in asyncio.run(run()):
+        print(_bounce_line(record))
+    return 0
+
+
+def _bounces_show(args: argparse.Namespace) -> int:
+    from mailer.store import open_store
+
+    config = load(args, required=True)
+
+    async def run() -> BounceRecord | None:
+        async with open_store(config) as store:
+            return await store.bounce(args.id)
+
+    record = asyncio.run(run())
+    if record is None:
+        raise UserError(f"no bounce #{args.id}", field="id", hint="see `mailer bounces list`")
+    print(_bounce_line(record))
+    print(f"diagnostic: {record.diagnostic}")
+    print(f"suppression: {record.suppression or 'none'}; message row: {record.message or 'not matched'}")
+    print("evidence:")
+    print(record.evidence.decode("utf-8", "replace"))
+    return 0
+
+
+def _bounces_undo(args: argparse.Namespace) -> int:
+    from mailer.store import open_store
+
+    config = load(args, required=True)
+
+    async def run() -> list[BounceRecord]:
+        async with open_store(config) as store:
+            if args.target.isdigit():
+                targets = [int(args.target)]
+            else:
+                found = await store.bounces(email=args.target.strip().lower(), limit=10_000)
+                targets = [b.id for b in found if b.id is not None and b.suppression and not b.undone_at]
+            undone = [await store.undo_bounce(target, now=now_utc()) for target in targets]
+            return [record for record in undone if record is not None]
+
+    undone = asyncio.run(run())
+    if not undone:
+        raise UserError(f"nothing to undo for {args.target!r}", field="target", hint="see `mailer bounces list`")
+    for record in undone:
+        print(f"undone: {_bounce_line(record)}")
     return 0
 
 

@@ -31,6 +31,8 @@ from mailer.mime import make_message_id, wire_address
 from mailer.planner import Decision, plan
 from mailer.render import Renderer
 from mailer.reply import SMTPReply, Verdict
+from mailer.bouncing import BounceIntake
+from mailer.inbound import BounceListener
 from mailer.bouncepolicy import SUPPRESSION_REASONS, Action, BouncePolicy, decide, suppresses
 from mailer.classify import classify_reply
 from mailer.reasons import SENDER_PROBLEMS, BounceClass, Reason
@@ -98,6 +100,7 @@ class Daemon:
         self._pending: list[Outcome] = []
         self._wake = asyncio.Event()
         self._flush_stop = asyncio.Event()
+        self.listener: BounceListener | None = None
         self._stopping = False
 
     # -- scenarios -----------------------------------------------------------------------
@@ -123,6 +126,7 @@ class Daemon:
             log.warning("%d messages were in flight at the last stop; they are queued again", recovered)
         if not self.scenarios:
             self.load_scenarios()
+        listener = await self._start_listener()
         workers = [asyncio.create_task(self._worker()) for _ in range(self.config.delivery.concurrency)]
         flusher = asyncio.create_task(self._flush_forever())
         next_entry = self.clock.now()
@@ -149,7 +153,19 @@ class Daemon:
             self._flush_stop.set()
             await flusher  # lets a flush under way finish: cancelling it could lose outcomes
             await self._final_flush()
+            if listener is not None:
+                await listener.stop()
         return self.report
+
+    async def _start_listener(self) -> BounceListener | None:
+        """The inbound SMTP listener for the bounce domain, when one is configured."""
+        bounces = self.config.bounces
+        if not bounces.domain or not bounces.listen:
+            return None
+        intake = BounceIntake(store=self.store, signer=self.signer, config=bounces)
+        self.listener = BounceListener(intake=intake, domain=bounces.domain, clock=self.clock, listen=bounces.listen)
+        await self.listener.start()
+        return self.listener
 
     async def _idle(self, stop: asyncio.Event, next_entry: datetime) -> None:
         """Sleep until something may be due, a worker frees capacity, or stop."""
