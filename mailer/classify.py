@@ -3,7 +3,8 @@
 The order is the policy; the tables it walks live in `mailer.bounce_rules`:
 
 1. a 2xx reply (or 2.X.X status) is a delivery, RFC 5321 4.2.1;
-2. provider rules (Gmail, Microsoft, Yahoo/AOL, Apple, Japanese carriers, block lists), because
+2. a receiving service's own error label or catalogue phrase (`mailer.mta.providers`), then
+   provider rules (Gmail, Microsoft, Yahoo/AOL, Apple, Japanese carriers, block lists), because
    providers send precise texts with vague codes (5.7.1, 5.0.0);
 3. the first pass: for each reason in `FIRST_PASS`, an RFC 3463 status code naming it, or one of
    its phrases, under the conditions below (who is "unknown" depends on the command);
@@ -27,6 +28,7 @@ from mailer.bounce_rules import (
     SECOND_PASS,
     STATUS_REASONS,
 )
+from mailer.mta.providers import service_reason
 from mailer.reasons import BounceClass, Reason, bounce_class
 
 # RFC 3463 3.3 subjects: when the detail is unknown to the table, the subject still tells.
@@ -58,15 +60,16 @@ def _first_pass(reason: Reason, named: Reason | None, enhanced: str, text: str, 
         # RFC 3463 X.1.1 names the recipient; a text alone only counts when it answered RCPT.
         if named is Reason.USERUNKNOWN:
             return not any(_says(other, text) for other in _NOT_REALLY_UNKNOWN)
-        # with the command unknown, a "no such user" is still most likely about RCPT
-        return command in ("RCPT", "") and _says(reason, text)
+        # a text alone counts only when it answered RCPT: after DATA (or when the command is
+        # unknown) the recipient was accepted and a content filter spoke (Sisimai ReUSER)
+        return command == "RCPT" and _says(reason, text)
     if reason is Reason.FILTERED:
         # After DATA the recipient was already accepted: a "no such user" then is a filter.
         if named is Reason.FILTERED:
             return _says(Reason.USERUNKNOWN, text) or _says(reason, text)
         if command in BEFORE_DATA:
             return False
-        return _says(reason, text) or (command == "DATA" and _says(Reason.USERUNKNOWN, text))
+        return _says(reason, text) or _says(Reason.USERUNKNOWN, text)
     if reason is Reason.REJECTED:
         # the sender's address is refused at MAIL FROM (RFC 5321 3.3), or the code says so
         if named is Reason.REJECTED:
@@ -90,8 +93,12 @@ def _first_pass(reason: Reason, named: Reason | None, enhanced: str, text: str, 
 def _decide(code: int | None, enhanced: str | None, text: str, command: str, host: str) -> tuple[Reason, str]:
     if (enhanced or "").startswith("2.") or (code is not None and 200 <= code < 300):
         return Reason.DELIVERED, "code.2xx"
+    hosts = tuple(host.split())
+    service = service_reason(text, hosts)
+    if service is not None:
+        return service
     for rule in PROVIDER_RULES:
-        if rule.host is not None and not rule.host.search(host):
+        if rule.host is not None and not any(rule.host.search(name) for name in hosts):
             continue
         if rule.pattern.search(text):
             return rule.reason, rule.id

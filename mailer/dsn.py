@@ -67,6 +67,18 @@ _COMMAND = re.compile(
     r"|(?:>>> |smtp command:?\s*)(RCPT TO|MAIL FROM|DATA|RCPT|MAIL|HELO|EHLO)\b",
     re.IGNORECASE,
 )
+# MTA wordings that name the refused stage without quoting the command (qmail's
+# qmail-remote messages).
+_COMMAND_PHRASES: tuple[tuple[str, str], ...] = (
+    ("does not like recipient", "RCPT"),
+    ("sender was rejected", "MAIL"),
+    ("didn't like the sender", "MAIL"),
+    ("failed on data command", "DATA"),
+    ("failed after i sent the message", "DATA"),
+    ("but my name was rejected", "HELO"),
+)
+_BARE_COMMAND = re.compile(r"(?<![A-Za-z0-9@.])(HELO|EHLO|STARTTLS|AUTH|MAIL(?= F)|RCPT|DATA)(?![A-Za-z0-9@=])")
+_COMMAND_STAGES = (("DATA", "DATA"), ("RCPT", "RCPT"), ("MAIL", "MAIL"), ("AUTH", "AUTH"), ("STARTTLS", "STARTTLS"), ("EHLO", "EHLO"), ("HELO", "HELO"))
 _FIELD = re.compile(r"^([A-Za-z][A-Za-z0-9\-]*)[ \t]*:[ \t]*(.*)$")
 _MESSAGE_ID = re.compile(r"^message-id:[ \t]*(<[^>\r\n]+>|\S+)", re.IGNORECASE | re.MULTILINE)
 _RETURN_PATH = re.compile(r"^return-path:[ \t]*<?([^>\s]*)>?", re.IGNORECASE | re.MULTILINE)
@@ -74,7 +86,7 @@ _RETURN_PATH = re.compile(r"^return-path:[ \t]*<?([^>\s]*)>?", re.IGNORECASE | r
 # Who sends bounces, and what they call them: the header evidence that a plain-text email
 # is a non-delivery report (RFC 3464 1 calls these "non-delivery notifications").
 _BOUNCE_FROM = re.compile(
-    r"mailer-daemon|postmaster|mail delivery|mail ?administrator|delivery subsystem|"
+    r"mailer-daemon|post_?master|mail delivery|mail ?administrator|delivery subsystem|"
     r"mail system|mmdf|mail-?router|no-?reply@.*amazonses|mailer@|smtp gateway|"
     r"notes mail router|bounce|double-bounce|daemon@|returned|root@",
     re.IGNORECASE,
@@ -189,18 +201,28 @@ def _reply_code_in(text: str, status: str | None) -> int | None:
 
 def _command_in(text: str) -> str:
     match = _COMMAND.search(text)
-    if not match:
-        return ""
-    word = (match.group(1) or match.group(2)).upper()
-    if word.startswith("RCPT"):
-        return "RCPT"
-    if word.startswith("MAIL"):
-        return "MAIL"
-    if word in ("END OF DATA",):
-        return "DATA"
-    if word == "INITIAL CONNECTION":
-        return "CONNECT"
-    return word
+    if match:
+        word = (match.group(1) or match.group(2)).upper()
+        if word.startswith("RCPT"):
+            return "RCPT"
+        if word.startswith("MAIL"):
+            return "MAIL"
+        if word in ("END OF DATA",):
+            return "DATA"
+        if word == "INITIAL CONNECTION":
+            return "CONNECT"
+        return word
+    lowered = text.lower()
+    for phrase, command in _COMMAND_PHRASES:
+        if phrase in lowered:
+            return command
+    # a bare upper-case command word, as transcripts quote it ("SMTP:RCPT host", "[RCPT_TO]");
+    # the latest stage of the session wins, as in Sisimai's smtp/command Find()
+    found = {m.group(1) for m in _BARE_COMMAND.finditer(text)}
+    for word, command in _COMMAND_STAGES:
+        if word in found:
+            return command
+    return ""
 
 
 def _pick_status(field: str | None, diagnostic: str) -> str | None:
@@ -224,8 +246,8 @@ def _recipient(
         repeated = re.compile(rf"(?<=\S)\s{code}[- ](?:{re.escape(status)}\s)?" if status else rf"(?<=\S)\s{code}-")
         diagnostic = repeated.sub(" ", diagnostic)
     command = command or _command_in(diagnostic)
-    # without a remote MTA name, the recipient's domain stands for the receiving host
-    host = remote_mta or address.rpartition("@")[2]
+    # the remote MTA and the recipient's domain both name the receiving service
+    host = f"{remote_mta} {address.rpartition('@')[2]}"
     verdict = classify_reply(code=code, enhanced=status, text=diagnostic, command=command, host=host)
     reason, klass, rule = verdict.reason, verdict.bounce_class, verdict.rule
     action = action.lower()
@@ -244,13 +266,19 @@ def _reclassified(recipient: BouncedRecipient, reason: Reason, rule: str) -> Bou
     return replace(recipient, reason=reason, bounce_class=klass, rule=rule)
 
 
+def _kind(part: Message) -> str:
+    """The content type, also when a broken header folds its parameters without a ";"."""
+    kind = part.get_content_type()
+    return kind.split(None, 1)[0] if " " in kind or "\n" in kind else kind
+
+
 def _walk(message: Message) -> list[Message]:
     parts: list[Message] = []
     stack = [message]
     while stack and len(parts) < 200:  # a hostile nesting depth must not exhaust us
         part = stack.pop(0)
         parts.append(part)
-        if part.get_content_type() in _ORIGINAL_TYPES:
+        if _kind(part) in _ORIGINAL_TYPES:
             continue  # the returned original: its own parts are not the report
         payload = part.get_payload()
         if isinstance(payload, list):
@@ -259,9 +287,9 @@ def _walk(message: Message) -> list[Message]:
 
 
 def _body_text(parts: list[Message]) -> str:
-    texts = [_decode(p) for p in parts if p.get_content_type() == "text/plain" and p.get_content_disposition() != "attachment"]
+    texts = [_decode(p) for p in parts if _kind(p) == "text/plain" and p.get_content_disposition() != "attachment"]
     if not texts:
-        html = [_decode(p) for p in parts if p.get_content_type() == "text/html"]
+        html = [_decode(p) for p in parts if _kind(p) == "text/html"]
         texts = [re.sub(r"<[^>]+>", " ", re.sub(r"(?i)<br\s*/?>|</p>|</div>|</tr>", "\n", h)) for h in html]
     return "\n".join(texts)
 
@@ -269,7 +297,7 @@ def _body_text(parts: list[Message]) -> str:
 def _original(parts: list[Message], body: str) -> tuple[str | None, str | None]:
     """Message-ID and Return-Path of the returned original, from its attached copy or inline."""
     for part in parts:
-        if part.get_content_type() not in _ORIGINAL_TYPES:
+        if _kind(part) not in _ORIGINAL_TYPES:
             continue
         payload = part.get_payload()
         if isinstance(payload, list) and payload and isinstance(payload[0], Message):
@@ -295,7 +323,7 @@ def _arf(message: Message, parts: list[Message], report: Message) -> BounceRepor
     address = fields.get("original-rcpt-to") or fields.get("removal-recipient") or ""
     if not address:
         for part in parts:
-            if part.get_content_type() in _ORIGINAL_TYPES:
+            if _kind(part) in _ORIGINAL_TYPES:
                 payload = part.get_payload()
                 inner = payload[0] if isinstance(payload, list) and payload else None
                 if isinstance(inner, Message):
@@ -416,7 +444,7 @@ def _vacation(message: Message) -> BounceReport:
 def _parse(raw: bytes) -> BounceReport:
     message = email.message_from_bytes(raw, policy=compat32)
     parts = _walk(message)
-    types = [p.get_content_type() for p in parts]
+    types = [_kind(p) for p in parts]
     for part, kind in zip(parts, types):
         if kind in _ARF_TYPES:
             return _arf(message, parts, part)

@@ -28,7 +28,7 @@ ORIGINAL_MARKERS = re.compile(
     r"\*\*\* ?original message|"
     r"-+ ?below is a copy|"
     r"content-type: message/rfc822|content-type: text/rfc822-headers|"
-    r"-+ ?unsent message below|"
+    r"-+ ?unsent message (?:below|follows)|"
     r"message headers follow|"  # DragonFly
     r"-+ ?original message headers|"
     r"received: from |return-path: "  # an inline copy of the original's header
@@ -39,7 +39,7 @@ ORIGINAL_MARKERS = re.compile(
 # A line that names a failed recipient: the address first, bare, <bracketed> or "quoted",
 # optionally followed by a colon or "..." (Sendmail) and the error.
 _RECIPIENT_LINE = re.compile(
-    r"^\s*(?:rcpt to:\s*|to:\s*|recipient(?: address)?:\s*|address:\s*|original-recipient:\s*|final-recipient:\s*|[-*>]+\s*|\d+\.\s*)?"
+    r"^\s*(?:[245]\d\d[ -]\s*)?(?:rcpt to:\s*|to:\s*|recipient(?: address)?:\s*|address:\s*|original-recipient:\s*|final-recipient:\s*|[-*>]+\s*|\d+\.\s*)?"
     r"[<\"(]?(?:mailto:)?([A-Za-z0-9!#$%&'*+/=?^_`{|}~.\-]+@[A-Za-z0-9\-]+(?:\.[A-Za-z0-9\-]+)+)[>\")]?"
     r"(?=\s|:|\.\.\.|,|;|$)(.*)$",
     re.IGNORECASE,
@@ -51,6 +51,12 @@ _NOT_RECIPIENT = re.compile(
     r"^\s*(?:from|sender|return-path|reply-to|mail from|envelope-from|x-[\w-]+|message-id|by|for)\s*:",
     re.IGNORECASE,
 )
+
+
+# Sendmail transcripts: each SMTP session starts "While talking to HOST:"; in a transcript of
+# "550 <address>... error" entries, the next unindented reply code or session line ends one.
+_SESSION_START = re.compile(r"^\s*(?:\.\.\. )?while talking to ", re.IGNORECASE)
+_NEXT_ENTRY = re.compile(r"^(?:[245]\d\d[ -]|>>> |<<< |(?:\.\.\. )?while talking to )", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -67,6 +73,17 @@ def error_region(body: str) -> str:
     return body[: match.start()] if match else body
 
 
+def _session_before(lines: list[str], number: int) -> list[str]:
+    """The ">>> command" and "<<< reply" lines of the Sendmail session that led to line `number`."""
+    session: list[str] = []
+    for line in reversed(lines[max(0, number - 12) : number]):
+        if _SESSION_START.match(line):
+            break
+        if line.startswith((">>>", "<<<")):
+            session.insert(0, line.strip())
+    return session
+
+
 def recipients(region: str, *, sender: str = "") -> list[TextRecipient]:
     """Every failed address in a bounce's explanation, in order, each with its diagnostic."""
     lines = region.splitlines()
@@ -79,6 +96,8 @@ def recipients(region: str, *, sender: str = "") -> list[TextRecipient]:
             address = match.group(1).strip(".").lower()
             if sender and address == sender.lower():
                 continue
+            if found and found[-1][0] == address and (line[:1].isspace() or found[-1][1] == number - 1):
+                continue  # a wrapped diagnostic quoting the address again (Postfix, Sendmail)
             found.append((address, number, match.group(2)))
     if not found:
         # no address on a line of its own: take the first bracketed one in a sentence
@@ -97,8 +116,13 @@ def recipients(region: str, *, sender: str = "") -> list[TextRecipient]:
     seen: set[str] = set()
     for index, (address, number, rest) in enumerate(found):
         end = found[index + 1][1] if index + 1 < len(found) else len(lines)
-        following = lines[number + 1 : min(end, number + 40)]
-        diagnostic = " ".join([rest.strip(" :>\")"), *[x.strip() for x in following]]).strip()
+        following: list[str] = []
+        transcript = _NEXT_ENTRY.match(lines[number]) is not None
+        for line in lines[number + 1 : min(end, number + 40)]:
+            if transcript and _NEXT_ENTRY.match(line):
+                break  # the transcript's next entry is about another address or host
+            following.append(line.strip())
+        diagnostic = " ".join([*_session_before(lines, number), rest.strip(" :>\")"), *following]).strip()
         if address in seen:
             # the same address again (a second attempt): keep the longer diagnostic
             for k, item in enumerate(result):
