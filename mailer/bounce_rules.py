@@ -89,6 +89,8 @@ PROVIDER_RULES: tuple[TextRule, ...] = (
     _rule("docomo.quota", R.MAILBOXFULL, r"too much mail data"),
     _rule("jp.refused", R.FILTERED, r"recipient id refuse to receive mail", r"user refuses to receive this mail",
           r"the user .{0,40}has restricted"),
+    # RFC 7505: a "null MX" says the domain accepts no mail at all, whatever DNS error surrounds it
+    _rule("rfc7505.null-mx", R.NOTACCEPT, r"\bnull mx\b"),
     # Google Groups answers every refused post with its own notice, in the poster's language
     _rule("googlegroups.post", R.REJECTED, r"", host=r"(?:^|\.)googlegroups\.com$"),
     # The sending IP's reputation, in anyone's words: always the sender's problem, even when
@@ -107,7 +109,7 @@ PROVIDER_RULES: tuple[TextRule, ...] = (
 PHRASES: dict[Reason, TextRule] = {rule.reason: rule for rule in (
     _rule("phrase.mailboxfull", R.MAILBOXFULL, r"mailbox (?:is )?full", r"mailbox.{0,30}exceed.{0,30}limit",
           r"full mailbox", r"over ?quota", r"quota (?:has been )?exceeded", r"exceeded (?:storage allocation|quota|its quota|the quota)",
-          r"(?:disk|mailbox|maildir) quota", r"quota violation", r"insufficient disk space", r"not sufficient disk space",
+          r"(?:disk|mailbox|maildir) quota", r"quota violation",
           r"enough .{0,20}space", r"no space left on device", r"mailbox size limit", r"mailbox exceeds allowed size",
           r"mailfolder is full", r"inbox is full", r"user has too many messages", r"space has been used up",
           r"boite du destinataire pleine", r"account is .{0,30}quota", r"exceeding receiving limits",
@@ -138,7 +140,7 @@ PHRASES: dict[Reason, TextRule] = {rule.reason: rule for rule in (
           r"address (?:unknown|invalid|does not exist)", r"no account by that name", r"not a local address", r"badrcptto", r"validrcptto",
           r"no valid recipients", r"utilisateur inconnu", r"nessun utente", r"no existe (?:dicha|ese)", r"recipient not found",
           r"no one at this address", r"requested action not taken: mailbox unavailable", r"mailbox unavaiable",
-          r"unrouteable address", r"was not found in", r"address not present", r"user not active",
+          r"was not found in", r"address not present", r"user not active",
           r"no longer valid", r"not listed in (?:domino|the) directory", r"in name directory", r"mailbox is inactive",
           r"sorry, no mailbox here", r"this spectator does not exist", r"not our customer", r"recipient refuses to accept"),
     _rule("phrase.filtered", R.FILTERED, r"account is protected by", r"is not accepting any mail", r"message filtered",
@@ -166,7 +168,7 @@ PHRASES: dict[Reason, TextRule] = {rule.reason: rule for rule in (
     _rule("phrase.hostunknown", R.HOSTUNKNOWN, r"domain (?:does not|doesn't) exist", r"domain is not reachable", r"domain must exist",
           r"host or domain name not found", r"host unknown", r"host unreachable", r"mail domain mentioned in email address is unknown",
           r"name or service not known", r"no such domain", r"unknown domain", r"the account or domain may not exist",
-          r"unknown host", r"unroutable address", r"553 \S+ does not exist"),
+          r"unknown host", r"unrout(?:e)?able address", r"553 \S+ does not exist"),
     _rule("phrase.spamdetected", R.SPAMDETECTED, r" - spam", r"appears to be (?:unsolicited|spam)", r"block(?:ed)? for spam",
           r"spamassassin", r"detected as spam", r"considered (?:as )?(?:unsolicited|spam)", r"content filter rejection",
           r"high probability of (?:being )?spam", r"classified as spam", r"spam (?:message|email|content|score|check|blocked|detected|refused|rejection|not accepted)",
@@ -207,7 +209,8 @@ PHRASES: dict[Reason, TextRule] = {rule.reason: rule for rule in (
           r"mail forwarding loop", r"malformed (?:or unexpected )?name server reply", r"forwarding loop count exceeded",
           r"message looping", r"network error", r"dns error", r"dns query failed", r"routing loop", r"no route to host", r"too many hops", r"unable to resolve route", r"unrouteable mail domain"),
     _rule("phrase.systemfull", R.SYSTEMFULL, r"mail system full", r"system (?:disk )?(?:is )?full", r"requested mail action aborted: exceeded storage",
-          r"insufficient system storage", r"file system full"),
+          r"insufficient system storage", r"file system full",
+          r"insufficient disk space", r"not sufficient disk space"),
     _rule("phrase.notaccept", R.NOTACCEPT, r"null mx", r"no mx found", r"does not accept mail", r"not accepting (?:any )?(?:network )?(?:mail|messages)",
           r"accepts no mail", r"host does not accept", r"mail is not accepted"),
     _rule("phrase.expired", R.EXPIRED, r"connection timed out", r"could not find a gateway for", r"delivery attempts will continue",

@@ -38,6 +38,7 @@ _SESSION_COMMANDS = frozenset({"CONNECT", "HELO", "EHLO"})
 # A "user unknown" code whose text names another cause is about that cause (Sisimai ReUSER).
 _NOT_REALLY_UNKNOWN = (Reason.AUTHFAILURE, Reason.BLOCKED, Reason.MAILBOXFULL, Reason.HASMOVED, Reason.REJECTED, Reason.NOTACCEPT)
 _SPACES = re.compile(r"\s+")
+_LOCAL_AGENT = re.compile(r"\bmail\.local: |\bvdeliver(?:mail)?: |\blocal delivery agent\b|\(delivery to mailbox\)")
 
 
 @dataclass(frozen=True)
@@ -62,7 +63,9 @@ def _first_pass(reason: Reason, named: Reason | None, enhanced: str, text: str, 
             return not any(_says(other, text) for other in _NOT_REALLY_UNKNOWN)
         # a text alone counts only when it answered RCPT: after DATA (or when the command is
         # unknown) the recipient was accepted and a content filter spoke (Sisimai ReUSER)
-        return command == "RCPT" and _says(reason, text)
+        # a local delivery agent (Sendmail's mail.local, qmail's vdelivermail, Postfix local)
+        # speaks for the mailbox itself, with no SMTP command involved
+        return (command == "RCPT" or _LOCAL_AGENT.search(text) is not None) and _says(reason, text)
     if reason is Reason.FILTERED:
         # After DATA the recipient was already accepted: a "no such user" then is a filter.
         if named is Reason.FILTERED:
@@ -103,6 +106,10 @@ def _decide(code: int | None, enhanced: str | None, text: str, command: str, hos
         if rule.pattern.search(text):
             return rule.reason, rule.id
     named = STATUS_REASONS.get(enhanced or "")
+    if (enhanced or "")[1:] == ".4.7":
+        # RFC 3463 X.4.7 "delivery time expired": the queue gave up; the last error quoted
+        # with it (a refused connection, a full disk) is why it kept retrying, not the verdict
+        return Reason.EXPIRED, "status.X.4.7"
     for reason in FIRST_PASS:
         if _first_pass(reason, named, enhanced or "", text, command, code):
             how = "status" if named is reason else "phrase"

@@ -18,6 +18,7 @@ from email.policy import compat32
 
 from mailer.classify import classify_reply
 from mailer.mta import ses
+from mailer.mta.commands import refused_command
 from mailer.mta import text as textual
 from mailer.reasons import BounceClass, Reason, bounce_class
 
@@ -61,24 +62,16 @@ _STATUS = re.compile(r"(?<![\d.])([245])\.(\d{1,3})\.(\d{1,3})(?![\d]|\.\d)")
 # RFC 5321 4.2: a three-digit reply code where MTAs quote one: at a line start, after "said:",
 # "SMTP;", an error label or a colon, and followed by a space, hyphen or end.
 _REPLY_CODE = re.compile(r"(?:^|[\s:;(\[\"'=])([245][0-5]\d)(?=[\s\-]|$)")
-_COMMAND = re.compile(
-    r"\b(?:in reply to|after|at|while sending|in response to|to|like our|our)\s+(?:the\s+)?"
-    r"(RCPT TO|MAIL FROM|DATA|RCPT|MAIL|HELO|EHLO|STARTTLS|AUTH|CONNECT|end of data|initial connection)\b"
-    r"|(?:>>> |smtp command:?\s*)(RCPT TO|MAIL FROM|DATA|RCPT|MAIL|HELO|EHLO)\b",
+# RFC 3464 2.2 / 2.3: the first field of the per-message and the per-recipient groups
+_INLINE_DSN = re.compile(r"^(?:reporting-mta|final-recipient)[ \t]*:", re.IGNORECASE | re.MULTILINE)
+# Body sentences that only non-delivery reports write, for bounces whose headers say nothing
+# (a carrier's "no-reply" sender and a plain subject).
+_BOUNCE_BODY = re.compile(
+    r"could not be delivered to:|the following addresses had permanent fatal errors|"
+    r"i wasn't able to deliver your message|delivery to the following recipients? failed",
     re.IGNORECASE,
 )
-# MTA wordings that name the refused stage without quoting the command (qmail's
-# qmail-remote messages).
-_COMMAND_PHRASES: tuple[tuple[str, str], ...] = (
-    ("does not like recipient", "RCPT"),
-    ("sender was rejected", "MAIL"),
-    ("didn't like the sender", "MAIL"),
-    ("failed on data command", "DATA"),
-    ("failed after i sent the message", "DATA"),
-    ("but my name was rejected", "HELO"),
-)
-_BARE_COMMAND = re.compile(r"(?<![A-Za-z0-9@.])(HELO|EHLO|STARTTLS|AUTH|MAIL(?= F)|RCPT|DATA)(?![A-Za-z0-9@=])")
-_COMMAND_STAGES = (("DATA", "DATA"), ("RCPT", "RCPT"), ("MAIL", "MAIL"), ("AUTH", "AUTH"), ("STARTTLS", "STARTTLS"), ("EHLO", "EHLO"), ("HELO", "HELO"))
+_TO_LINE = re.compile(r"^to:[ \t]*(.+)$", re.IGNORECASE | re.MULTILINE)
 _FIELD = re.compile(r"^([A-Za-z][A-Za-z0-9\-]*)[ \t]*:[ \t]*(.*)$")
 _MESSAGE_ID = re.compile(r"^message-id:[ \t]*(<[^>\r\n]+>|\S+)", re.IGNORECASE | re.MULTILINE)
 _RETURN_PATH = re.compile(r"^return-path:[ \t]*<?([^>\s]*)>?", re.IGNORECASE | re.MULTILINE)
@@ -199,38 +192,13 @@ def _reply_code_in(text: str, status: str | None) -> int | None:
     return None
 
 
-def _command_in(text: str) -> str:
-    match = _COMMAND.search(text)
-    if match:
-        word = (match.group(1) or match.group(2)).upper()
-        if word.startswith("RCPT"):
-            return "RCPT"
-        if word.startswith("MAIL"):
-            return "MAIL"
-        if word in ("END OF DATA",):
-            return "DATA"
-        if word == "INITIAL CONNECTION":
-            return "CONNECT"
-        return word
-    lowered = text.lower()
-    for phrase, command in _COMMAND_PHRASES:
-        if phrase in lowered:
-            return command
-    # a bare upper-case command word, as transcripts quote it ("SMTP:RCPT host", "[RCPT_TO]");
-    # the latest stage of the session wins, as in Sisimai's smtp/command Find()
-    found = {m.group(1) for m in _BARE_COMMAND.finditer(text)}
-    for word, command in _COMMAND_STAGES:
-        if word in found:
-            return command
-    return ""
-
-
 def _pick_status(field: str | None, diagnostic: str) -> str | None:
-    """The Status field, unless it is a bare X.0.0 and the diagnostic quotes a precise code."""
+    """The Status field, unless it is a bare X.0.0 or X.4.7 and the diagnostic quotes a precise code."""
     quoted = _status_in(diagnostic)
     if field is None:
         return quoted
-    if quoted and field.endswith(".0.0") and quoted[0] == field[0] and not quoted.endswith(".0.0"):
+    # Sendmail writes 4.4.7 (queue expired) over the last reply it got, which it quotes
+    if quoted and field.endswith((".0.0", ".4.7")) and quoted[0] == field[0] and not quoted.endswith(".0.0"):
         return quoted
     return field
 
@@ -245,7 +213,7 @@ def _recipient(
         # RFC 5321 4.2.1: every line of a multi-line reply repeats the code; keep the first only
         repeated = re.compile(rf"(?<=\S)\s{code}[- ](?:{re.escape(status)}\s)?" if status else rf"(?<=\S)\s{code}-")
         diagnostic = repeated.sub(" ", diagnostic)
-    command = command or _command_in(diagnostic)
+    command = command or refused_command(diagnostic)
     # the remote MTA and the recipient's domain both name the receiving service
     host = f"{remote_mta} {address.rpartition('@')[2]}"
     verdict = classify_reply(code=code, enhanced=status, text=diagnostic, command=command, host=host)
@@ -291,6 +259,9 @@ def _body_text(parts: list[Message]) -> str:
     if not texts:
         html = [_decode(p) for p in parts if _kind(p) == "text/html"]
         texts = [re.sub(r"<[^>]+>", " ", re.sub(r"(?i)<br\s*/?>|</p>|</div>|</tr>", "\n", h)) for h in html]
+    if not texts and not parts[0].is_multipart():
+        # a multipart/report without any boundary in its body: the body is all we have
+        texts = [_decode(parts[0])]
     return "\n".join(texts)
 
 
@@ -312,6 +283,20 @@ def _original(parts: list[Message], body: str) -> tuple[str | None, str | None]:
     tail = body[marker.start() :] if marker else ""
     mid_match, path_match = _MESSAGE_ID.search(tail), _RETURN_PATH.search(tail)
     return (mid_match.group(1) if mid_match else None, path_match.group(1) if path_match else None)
+
+
+def _original_to(parts: list[Message], body: str) -> list[str]:
+    """The To: addresses of the returned original, from its attached copy or inline."""
+    for part in parts:
+        if _kind(part) in _ORIGINAL_TYPES:
+            payload = part.get_payload()
+            if isinstance(payload, list) and payload and isinstance(payload[0], Message):
+                return textual.addresses(_header(payload[0], "To"))
+            match = _TO_LINE.search(_decode(part))
+            return textual.addresses(match.group(1)) if match else []
+    marker = textual.ORIGINAL_MARKERS.search(body)
+    match = _TO_LINE.search(body[marker.start() :]) if marker else None
+    return textual.addresses(match.group(1)) if match else []
 
 
 def _arf(message: Message, parts: list[Message], report: Message) -> BounceReport:
@@ -362,7 +347,7 @@ def _rfc3464(message: Message, parts: list[Message], report: Message, body: str)
             diagnostic = (diagnostic + " " + in_body.diagnostic).strip()
         if not diagnostic:
             diagnostic = " ".join(region.split())[:2000]
-        command = _command_in(diagnostic) or (_command_in(in_body.diagnostic) if in_body else "")
+        command = refused_command(diagnostic) or (refused_command(in_body.diagnostic) if in_body else "")
         mailer = block.get("diagnostic-code", "").lower().startswith("x-unix")
         status_field = _status_in(block.get("status", ""))
         remote = _typed(block.get("remote-mta", "") or per_message.get("reporting-mta", ""))
@@ -386,6 +371,10 @@ def _plain(message: Message, parts: list[Message], body: str) -> BounceReport | 
     if failed:
         known = {r.address: r for r in found}
         found = [known.get(a) or textual.TextRecipient(a, " ".join(region.split())) for a in failed]
+    if not found:
+        # no address in the explanation (old Sendmail: "421 example.com (smtp)... Deferred"):
+        # the returned original's own To: names whom it was for
+        found = [textual.TextRecipient(a, " ".join(region.split())) for a in _original_to(parts, body)]
     if not found:
         return None
     whole = " ".join(region.split())
@@ -454,10 +443,19 @@ def _parse(raw: bytes) -> BounceReport:
             report = _rfc3464(message, parts, part, body)
             if report is not None:
                 return report
+    inline = _INLINE_DSN.search(body)
+    if inline and not any(kind in _DSN_TYPES for kind in types):
+        # a DSN whose MIME structure broke (no boundaries, or none declared): read its fields
+        # where they stand in the text
+        fields = Message()
+        fields.set_payload(body[inline.start() :])
+        report = _rfc3464(message, parts, fields, body[: inline.start()])
+        if report is not None:
+            return report
     events = ses.events(body) if '"notificationType"' in body else []
     if events:
         return _ses(events)
-    if _is_bounce_mail(message):
+    if _is_bounce_mail(message) or _BOUNCE_BODY.search(body[:4000]):
         report = _plain(message, parts, body)
         if report is not None:
             return report

@@ -101,3 +101,33 @@ def test_any_reply_classifies(code: int | None, enhanced: str | None, text: str,
     assert isinstance(got.reason, Reason)
     if got.reason in SENDER_PROBLEMS:
         assert got.bounce_class is BounceClass.SOFT
+
+
+def test_user_unknown_without_a_command_is_a_filter() -> None:
+    """A "user unknown" with no RCPT in sight is read as a filter after DATA (Sisimai ReFILT)."""
+    verdict = classify_reply(code=550, enhanced=None, text="550 kijitora@example.com... No such user", command="")
+    assert verdict.reason is Reason.FILTERED
+
+
+def test_user_unknown_at_rcpt_is_hard() -> None:
+    """The same words answering RCPT condemn the address."""
+    verdict = classify_reply(code=550, enhanced="5.2.1", text="<a@example.jp>... User Unknown", command="RCPT")
+    assert verdict.reason is Reason.USERUNKNOWN
+
+
+def test_orange_label_decides() -> None:
+    """An Orange/La Poste error label (LPN007_426) is read from its code table."""
+    verdict = classify_reply(code=550, enhanced="5.5.0", text="550 5.5.0 The recipient account is blocked. LPN007_426", command="RCPT")
+    assert verdict.reason is Reason.SUSPEND
+
+
+def test_null_mx_is_notaccept() -> None:
+    """An RFC 7505 null MX is notaccept, not a DNS network error."""
+    verdict = classify_reply(code=None, enhanced="5.1.10", text="DNS Error: the domain returned Null MX", command="")
+    assert verdict.reason is Reason.NOTACCEPT
+
+
+def test_ip_blocklist_never_user_unknown() -> None:
+    """A 5.7.1 block-list refusal mentioning the user is still a sender problem."""
+    verdict = classify_reply(code=550, enhanced="5.7.1", text="550 5.7.1 user unknown; client ip blocked using spamhaus", command="RCPT")
+    assert verdict.reason in SENDER_PROBLEMS

@@ -56,6 +56,7 @@ _NOT_RECIPIENT = re.compile(
 # Sendmail transcripts: each SMTP session starts "While talking to HOST:"; in a transcript of
 # "550 <address>... error" entries, the next unindented reply code or session line ends one.
 _SESSION_START = re.compile(r"^\s*(?:\.\.\. )?while talking to ", re.IGNORECASE)
+_CODE_ENTRY = re.compile(r"^[245]\d\d[ -]")
 _NEXT_ENTRY = re.compile(r"^(?:[245]\d\d[ -]|>>> |<<< |(?:\.\.\. )?while talking to )", re.IGNORECASE)
 
 
@@ -88,6 +89,7 @@ def recipients(region: str, *, sender: str = "") -> list[TextRecipient]:
     """Every failed address in a bounce's explanation, in order, each with its diagnostic."""
     lines = region.splitlines()
     found: list[tuple[str, int, str]] = []
+    mailed_self: list[tuple[str, int, str]] = []  # the sender's own address: one sent to oneself
     for number, line in enumerate(lines):
         if _NOT_RECIPIENT.match(line):
             continue
@@ -95,10 +97,13 @@ def recipients(region: str, *, sender: str = "") -> list[TextRecipient]:
         if match:
             address = match.group(1).strip(".").lower()
             if sender and address == sender.lower():
+                mailed_self.append((address, number, match.group(2)))
                 continue
             if found and found[-1][0] == address and (line[:1].isspace() or found[-1][1] == number - 1):
                 continue  # a wrapped diagnostic quoting the address again (Postfix, Sendmail)
             found.append((address, number, match.group(2)))
+    if not found and mailed_self:
+        found = mailed_self[:1]
     if not found:
         # no address on a line of its own: take the first bracketed one in a sentence
         # ("There was an error delivering your mail to <a@b>.")
@@ -117,7 +122,7 @@ def recipients(region: str, *, sender: str = "") -> list[TextRecipient]:
     for index, (address, number, rest) in enumerate(found):
         end = found[index + 1][1] if index + 1 < len(found) else len(lines)
         following: list[str] = []
-        transcript = _NEXT_ENTRY.match(lines[number]) is not None
+        transcript = _CODE_ENTRY.match(lines[number]) is not None
         for line in lines[number + 1 : min(end, number + 40)]:
             if transcript and _NEXT_ENTRY.match(line):
                 break  # the transcript's next entry is about another address or host
