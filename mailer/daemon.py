@@ -40,7 +40,7 @@ from mailer.reply import SESSION_COMMANDS
 from mailer.retry import RetryPolicy
 from mailer.tokens import Signer
 from mailer.verp import verp_address
-from mailer.scenario import Scenario, Step, load_scenarios
+from mailer.scenario import Scenario, load_scenarios
 from mailer.store import BounceRecord, ClaimedMessage, EnrollmentUpdate, NewMessage, Outcome, Store
 from mailer.transport import Envelope, SMTPConnection, SMTPTransport
 

@@ -16,7 +16,7 @@ import json
 import sqlite3
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -26,125 +26,16 @@ from mailer.conditions import Engagement
 from mailer.errors import MailerError
 from mailer.leads import Lead
 from mailer.lifecycle import CLAIMABLE, MessageState, check_transition
+from mailer.schema import MIGRATIONS
+from mailer.sqlitebounces import BounceTables
+from mailer.timestamps import from_ms, ms
 from mailer.store import (
-    BounceRecord,
     ClaimedMessage,
     DueEnrollment,
     EnrollmentUpdate,
     EventRecord,
-    MessageRef,
     Outcome,
-    Suppression,
     UpsertCounts,
-)
-
-# Each entry moves the schema from version i to i + 1 (PRAGMA user_version).
-MIGRATIONS: tuple[str, ...] = (
-    """
-    CREATE TABLE leads (
-        id INTEGER PRIMARY KEY,
-        email TEXT NOT NULL UNIQUE,
-        first_name TEXT NOT NULL DEFAULT '',
-        last_name TEXT NOT NULL DEFAULT '',
-        company TEXT NOT NULL DEFAULT '',
-        job_title TEXT NOT NULL DEFAULT '',
-        timezone TEXT,
-        source TEXT,
-        attributes TEXT NOT NULL DEFAULT '{}',
-        stage TEXT NOT NULL DEFAULT 'lead',
-        created_at INTEGER NOT NULL,
-        updated_at INTEGER NOT NULL
-    );
-    CREATE TABLE lists (
-        id INTEGER PRIMARY KEY,
-        name TEXT NOT NULL UNIQUE,
-        created_at INTEGER NOT NULL
-    );
-    CREATE TABLE list_members (
-        list_id INTEGER NOT NULL REFERENCES lists(id),
-        lead_id INTEGER NOT NULL REFERENCES leads(id),
-        added_at INTEGER NOT NULL,
-        PRIMARY KEY (list_id, lead_id)
-    ) WITHOUT ROWID;
-    CREATE TABLE enrollments (
-        id INTEGER PRIMARY KEY,
-        scenario TEXT NOT NULL,
-        lead_id INTEGER NOT NULL REFERENCES leads(id),
-        cycle INTEGER NOT NULL,
-        state TEXT NOT NULL,
-        step_index INTEGER NOT NULL,
-        due_at INTEGER,
-        entered_at INTEGER NOT NULL,
-        updated_at INTEGER NOT NULL,
-        UNIQUE (scenario, lead_id, cycle)
-    );
-    CREATE INDEX enrollments_due ON enrollments (due_at) WHERE state = 'active';
-    CREATE TABLE messages (
-        id INTEGER PRIMARY KEY,
-        message_id TEXT NOT NULL UNIQUE,
-        enrollment_id INTEGER REFERENCES enrollments(id),
-        lead_id INTEGER NOT NULL REFERENCES leads(id),
-        scenario TEXT NOT NULL,
-        step_id TEXT NOT NULL,
-        state TEXT NOT NULL,
-        attempts INTEGER NOT NULL DEFAULT 0,
-        next_attempt_at INTEGER,
-        lease_until INTEGER,
-        last_code INTEGER,
-        last_enhanced TEXT,
-        last_text TEXT,
-        created_at INTEGER NOT NULL,
-        updated_at INTEGER NOT NULL,
-        UNIQUE (enrollment_id, step_id)
-    );
-    CREATE INDEX messages_due ON messages (next_attempt_at) WHERE state IN ('queued', 'deferred');
-    CREATE TABLE events (
-        id INTEGER PRIMARY KEY,
-        at INTEGER NOT NULL,
-        type TEXT NOT NULL,
-        lead_id INTEGER REFERENCES leads(id),
-        message_id INTEGER REFERENCES messages(id),
-        scenario TEXT,
-        step_id TEXT,
-        machine INTEGER NOT NULL DEFAULT 0,
-        data TEXT NOT NULL DEFAULT '{}'
-    );
-    CREATE INDEX events_lead ON events (lead_id, at);
-    CREATE INDEX events_message ON events (message_id, type);
-    CREATE TABLE suppressions (
-        email TEXT NOT NULL,
-        list TEXT NOT NULL DEFAULT '',
-        reason TEXT NOT NULL,
-        detail TEXT NOT NULL DEFAULT '',
-        created_at INTEGER NOT NULL,
-        PRIMARY KEY (email, list)
-    ) WITHOUT ROWID;
-    """,
-    # 2: bounces with their evidence, and which bounce a suppression came from
-    """
-    CREATE TABLE bounces (
-        id INTEGER PRIMARY KEY,
-        at INTEGER NOT NULL,
-        source TEXT NOT NULL,
-        email TEXT NOT NULL,
-        kind TEXT NOT NULL,
-        reason TEXT NOT NULL,
-        bounce_class TEXT NOT NULL,
-        action TEXT NOT NULL,
-        status TEXT,
-        reply_code INTEGER,
-        diagnostic TEXT NOT NULL DEFAULT '',
-        rule TEXT NOT NULL DEFAULT '',
-        remote_host TEXT NOT NULL DEFAULT '',
-        message_id INTEGER REFERENCES messages(id),
-        lead_id INTEGER REFERENCES leads(id),
-        evidence BLOB NOT NULL DEFAULT x'',
-        suppression TEXT,
-        undone_at INTEGER
-    );
-    CREATE INDEX bounces_email ON bounces (email, at);
-    ALTER TABLE suppressions ADD COLUMN bounce_id INTEGER REFERENCES bounces(id);
-    """,
 )
 
 _LEAD_COLUMNS = (
@@ -156,15 +47,6 @@ _GLOBALLY_SUPPRESSED = "EXISTS (SELECT 1 FROM suppressions s WHERE s.email = l.e
 
 class StoreError(MailerError):
     """The database cannot be used as it is (newer schema, no WAL)."""
-
-
-def ms(at: datetime) -> int:
-    """An instant as integer milliseconds since the epoch, the store's time format."""
-    return int(at.timestamp() * 1000)
-
-
-def from_ms(value: int) -> datetime:
-    return datetime.fromtimestamp(value / 1000, tz=timezone.utc)
 
 
 def _lead(row: Sequence[Any], offset: int = 0) -> Lead:
@@ -185,7 +67,7 @@ def _lead(row: Sequence[Any], offset: int = 0) -> Lead:
     )
 
 
-class SQLiteStore:
+class SQLiteStore(BounceTables):
     """`Store` on one SQLite file."""
 
     def __init__(self, path: Path, *, busy_timeout: float = 10.0) -> None:
@@ -690,124 +572,6 @@ class SQLiteStore:
     async def enrollment_counts(self) -> dict[str, int]:
         rows = await self._fetchall("SELECT state, count(*) FROM enrollments GROUP BY state")
         return {state: count for state, count in rows}
-
-    # -- suppressions ------------------------------------------------------------------
-
-    async def _insert_bounce(self, bounce: BounceRecord) -> int:
-        """Insert a bounce and the suppression it causes; inside the caller's transaction."""
-        cursor = await self.db.execute(
-            """
-            INSERT INTO bounces (at, source, email, kind, reason, bounce_class, action, status,
-                reply_code, diagnostic, rule, remote_host, message_id, lead_id, evidence, suppression)
-            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-            """,
-            (
-                ms(bounce.at), bounce.source, bounce.email, bounce.kind, bounce.reason, bounce.bounce_class,
-                bounce.action, bounce.status, bounce.reply_code, bounce.diagnostic, bounce.rule,
-                bounce.remote_host, bounce.message, bounce.lead_id, bounce.evidence, bounce.suppression,
-            ),
-        )
-        bounce_id = int(cursor.lastrowid or 0)
-        if bounce.suppression:
-            await self.db.execute(
-                "INSERT OR IGNORE INTO suppressions (email, list, reason, detail, created_at, bounce_id) "
-                "VALUES (?, '', ?, ?, ?, ?)",
-                (bounce.email, bounce.suppression, f"{bounce.reason}: {bounce.diagnostic}"[:500], ms(bounce.at), bounce_id),
-            )
-        return bounce_id
-
-    async def record_bounce(self, bounce: BounceRecord) -> int:
-        """Store a bounce that arrived as a message: evidence, suppression, sent → bounced, event."""
-        async with self.transaction():
-            bounce_id = await self._insert_bounce(bounce)
-            if bounce.message is not None and bounce.kind == "bounce":
-                await self.db.execute(
-                    "UPDATE messages SET state = 'bounced', updated_at = ? WHERE id = ? AND state = 'sent'",
-                    (ms(bounce.at), bounce.message),
-                )
-            await self.db.execute(
-                "INSERT INTO events (at, type, lead_id, message_id, scenario, step_id, data) "
-                "VALUES (?, ?, ?, ?, (SELECT scenario FROM messages WHERE id = ?), "
-                "(SELECT step_id FROM messages WHERE id = ?), ?)",
-                (
-                    ms(bounce.at), "complained" if bounce.kind == "feedback" else bounce.kind, bounce.lead_id,
-                    bounce.message, bounce.message, bounce.message,
-                    json.dumps({"bounce": bounce_id, "reason": bounce.reason, "action": bounce.action}),
-                ),
-            )
-        return bounce_id
-
-    async def soft_bounces_since(self, email: str, since: datetime) -> int:
-        rows = await self._fetchall(
-            "SELECT count(*) FROM bounces WHERE email = ? AND at >= ? AND bounce_class = 'soft' "
-            "AND action IN ('retry', 'soft-bounce-escalation') AND undone_at IS NULL",
-            (email, ms(since)),
-        )
-        return int(rows[0][0])
-
-    async def find_message(self, *, row_id: int | None = None, message_id: str | None = None) -> MessageRef | None:
-        column, value = ("m.id", row_id) if row_id is not None else ("m.message_id", message_id)
-        rows = await self._fetchall(
-            f"SELECT m.id, m.message_id, m.lead_id, l.email, m.scenario, m.step_id, m.state "
-            f"FROM messages m JOIN leads l ON l.id = m.lead_id WHERE {column} = ?",
-            (value,),
-        )
-        if not rows:
-            return None
-        r = rows[0]
-        return MessageRef(id=r[0], message_id=r[1], lead_id=r[2], email=r[3], scenario=r[4], step_id=r[5], state=MessageState(r[6]))
-
-    async def bounces(self, *, email: str | None = None, limit: int = 50) -> list[BounceRecord]:
-        where, params = ("WHERE email = ?", [email]) if email else ("", [])
-        rows = await self._fetchall(
-            f"SELECT id, at, source, email, kind, reason, bounce_class, action, status, reply_code, diagnostic, "
-            f"rule, remote_host, message_id, lead_id, evidence, suppression, undone_at FROM bounces {where} "
-            f"ORDER BY at DESC, id DESC LIMIT ?",
-            [*params, limit],
-        )
-        return [
-            BounceRecord(
-                id=r[0], at=from_ms(r[1]), source=r[2], email=r[3], kind=r[4], reason=r[5], bounce_class=r[6],
-                action=r[7], status=r[8], reply_code=r[9], diagnostic=r[10], rule=r[11], remote_host=r[12],
-                message=r[13], lead_id=r[14], evidence=bytes(r[15]), suppression=r[16],
-                undone_at=from_ms(r[17]) if r[17] is not None else None,
-            )
-            for r in rows
-        ]
-
-    async def bounce(self, bounce_id: int) -> BounceRecord | None:
-        rows = await self._fetchall("SELECT email FROM bounces WHERE id = ?", (bounce_id,))
-        if not rows:
-            return None
-        return next((b for b in await self.bounces(email=rows[0][0], limit=10_000) if b.id == bounce_id), None)
-
-    async def undo_bounce(self, bounce_id: int, *, now: datetime) -> BounceRecord | None:
-        """Reverse a bounce's suppression (an operator's correction), keeping the evidence."""
-        found = await self.bounce(bounce_id)
-        if found is None:
-            return None
-        async with self.transaction():
-            await self.db.execute("UPDATE bounces SET undone_at = ? WHERE id = ?", (ms(now), bounce_id))
-            await self.db.execute("DELETE FROM suppressions WHERE bounce_id = ?", (bounce_id,))
-            await self.db.execute(
-                "INSERT INTO events (at, type, lead_id, data) VALUES (?, 'unsuppressed', ?, ?)",
-                (ms(now), found.lead_id, json.dumps({"bounce": bounce_id, "reason": found.reason})),
-            )
-        return await self.bounce(bounce_id)
-
-    async def suppressions_of(self, email: str) -> list[tuple[str, str, str]]:
-        """(list, reason, detail) of every suppression of an address."""
-        rows = await self._fetchall("SELECT list, reason, detail FROM suppressions WHERE email = ?", (email,))
-        return [(r[0], r[1], r[2]) for r in rows]
-
-    async def suppress(self, suppressions: Sequence[Suppression], *, now: datetime) -> None:
-        async with self.transaction():
-            await self.db.executemany(
-                "INSERT OR IGNORE INTO suppressions (email, list, reason, detail, created_at) "
-                "VALUES (?, ?, ?, ?, ?)",
-                [(s.email, s.list_name, s.reason, s.detail, ms(now)) for s in suppressions],
-            )
-
 
 def _outcome_data(outcome: Outcome) -> str:
     data: dict[str, Any] = {}

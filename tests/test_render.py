@@ -11,7 +11,6 @@ from lxml import html as lxml_html
 
 from mailer.compose import context_for
 from mailer.csvimport import read_leads_csv
-from mailer.errors import TemplateError
 from mailer.examples_data import examples
 from mailer.leads import Lead
 from mailer.render import Renderer, inline_css

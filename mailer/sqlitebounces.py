@@ -1,0 +1,148 @@
+"""The SQLite store's suppression and bounce tables: evidence, decisions, and their undoing.
+
+A mixin of `SQLiteStore`, kept apart because bounces are their own concept: what came back,
+the rule that read it, the action taken, and the suppression that points back at it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from contextlib import AbstractAsyncContextManager
+from datetime import datetime
+from typing import Any
+
+import aiosqlite
+
+from mailer.lifecycle import MessageState
+from mailer.store import BounceRecord, MessageRef, Suppression
+from mailer.timestamps import from_ms, ms
+
+
+class BounceTables:
+    """Needs the connection, transactions and queries of the store it is mixed into."""
+
+    @property
+    def db(self) -> aiosqlite.Connection:
+        raise NotImplementedError
+
+    def transaction(self) -> AbstractAsyncContextManager[aiosqlite.Connection]:
+        raise NotImplementedError
+
+    async def _fetchall(self, sql: str, params: Iterable[Any] = ()) -> list[Any]:
+        raise NotImplementedError
+
+    async def _insert_bounce(self, bounce: BounceRecord) -> int:
+        """Insert a bounce and the suppression it causes; inside the caller's transaction."""
+        cursor = await self.db.execute(
+            """
+            INSERT INTO bounces (at, source, email, kind, reason, bounce_class, action, status,
+                reply_code, diagnostic, rule, remote_host, message_id, lead_id, evidence, suppression)
+            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+            """,
+            (
+                ms(bounce.at), bounce.source, bounce.email, bounce.kind, bounce.reason, bounce.bounce_class,
+                bounce.action, bounce.status, bounce.reply_code, bounce.diagnostic, bounce.rule,
+                bounce.remote_host, bounce.message, bounce.lead_id, bounce.evidence, bounce.suppression,
+            ),
+        )
+        bounce_id = int(cursor.lastrowid or 0)
+        if bounce.suppression:
+            await self.db.execute(
+                "INSERT OR IGNORE INTO suppressions (email, list, reason, detail, created_at, bounce_id) "
+                "VALUES (?, '', ?, ?, ?, ?)",
+                (bounce.email, bounce.suppression, f"{bounce.reason}: {bounce.diagnostic}"[:500], ms(bounce.at), bounce_id),
+            )
+        return bounce_id
+
+    async def record_bounce(self, bounce: BounceRecord) -> int:
+        """Store a bounce that arrived as a message: evidence, suppression, sent → bounced, event."""
+        async with self.transaction():
+            bounce_id = await self._insert_bounce(bounce)
+            if bounce.message is not None and bounce.kind == "bounce":
+                await self.db.execute(
+                    "UPDATE messages SET state = 'bounced', updated_at = ? WHERE id = ? AND state = 'sent'",
+                    (ms(bounce.at), bounce.message),
+                )
+            await self.db.execute(
+                "INSERT INTO events (at, type, lead_id, message_id, scenario, step_id, data) "
+                "VALUES (?, ?, ?, ?, (SELECT scenario FROM messages WHERE id = ?), "
+                "(SELECT step_id FROM messages WHERE id = ?), ?)",
+                (
+                    ms(bounce.at), "complained" if bounce.kind == "feedback" else bounce.kind, bounce.lead_id,
+                    bounce.message, bounce.message, bounce.message,
+                    json.dumps({"bounce": bounce_id, "reason": bounce.reason, "action": bounce.action}),
+                ),
+            )
+        return bounce_id
+
+    async def soft_bounces_since(self, email: str, since: datetime) -> int:
+        rows = await self._fetchall(
+            "SELECT count(*) FROM bounces WHERE email = ? AND at >= ? AND bounce_class = 'soft' "
+            "AND action IN ('retry', 'soft-bounce-escalation') AND undone_at IS NULL",
+            (email, ms(since)),
+        )
+        return int(rows[0][0])
+
+    async def find_message(self, *, row_id: int | None = None, message_id: str | None = None) -> MessageRef | None:
+        column, value = ("m.id", row_id) if row_id is not None else ("m.message_id", message_id)
+        rows = await self._fetchall(
+            f"SELECT m.id, m.message_id, m.lead_id, l.email, m.scenario, m.step_id, m.state "
+            f"FROM messages m JOIN leads l ON l.id = m.lead_id WHERE {column} = ?",
+            (value,),
+        )
+        if not rows:
+            return None
+        r = rows[0]
+        return MessageRef(id=r[0], message_id=r[1], lead_id=r[2], email=r[3], scenario=r[4], step_id=r[5], state=MessageState(r[6]))
+
+    async def bounces(self, *, email: str | None = None, limit: int = 50) -> list[BounceRecord]:
+        where, params = ("WHERE email = ?", [email]) if email else ("", [])
+        rows = await self._fetchall(
+            f"SELECT id, at, source, email, kind, reason, bounce_class, action, status, reply_code, diagnostic, "
+            f"rule, remote_host, message_id, lead_id, evidence, suppression, undone_at FROM bounces {where} "
+            f"ORDER BY at DESC, id DESC LIMIT ?",
+            [*params, limit],
+        )
+        return [
+            BounceRecord(
+                id=r[0], at=from_ms(r[1]), source=r[2], email=r[3], kind=r[4], reason=r[5], bounce_class=r[6],
+                action=r[7], status=r[8], reply_code=r[9], diagnostic=r[10], rule=r[11], remote_host=r[12],
+                message=r[13], lead_id=r[14], evidence=bytes(r[15]), suppression=r[16],
+                undone_at=from_ms(r[17]) if r[17] is not None else None,
+            )
+            for r in rows
+        ]
+
+    async def bounce(self, bounce_id: int) -> BounceRecord | None:
+        rows = await self._fetchall("SELECT email FROM bounces WHERE id = ?", (bounce_id,))
+        if not rows:
+            return None
+        return next((b for b in await self.bounces(email=rows[0][0], limit=10_000) if b.id == bounce_id), None)
+
+    async def undo_bounce(self, bounce_id: int, *, now: datetime) -> BounceRecord | None:
+        """Reverse a bounce's suppression (an operator's correction), keeping the evidence."""
+        found = await self.bounce(bounce_id)
+        if found is None:
+            return None
+        async with self.transaction():
+            await self.db.execute("UPDATE bounces SET undone_at = ? WHERE id = ?", (ms(now), bounce_id))
+            await self.db.execute("DELETE FROM suppressions WHERE bounce_id = ?", (bounce_id,))
+            await self.db.execute(
+                "INSERT INTO events (at, type, lead_id, data) VALUES (?, 'unsuppressed', ?, ?)",
+                (ms(now), found.lead_id, json.dumps({"bounce": bounce_id, "reason": found.reason})),
+            )
+        return await self.bounce(bounce_id)
+
+    async def suppressions_of(self, email: str) -> list[tuple[str, str, str]]:
+        """(list, reason, detail) of every suppression of an address."""
+        rows = await self._fetchall("SELECT list, reason, detail FROM suppressions WHERE email = ?", (email,))
+        return [(r[0], r[1], r[2]) for r in rows]
+
+    async def suppress(self, suppressions: Sequence[Suppression], *, now: datetime) -> None:
+        async with self.transaction():
+            await self.db.executemany(
+                "INSERT OR IGNORE INTO suppressions (email, list, reason, detail, created_at) "
+                "VALUES (?, ?, ?, ?, ?)",
+                [(s.email, s.list_name, s.reason, s.detail, ms(now)) for s in suppressions],
+            )
