@@ -72,6 +72,8 @@ PROVIDER_RULES: tuple[TextRule, ...] = (
           r"part of their network is on our block list", r"not currently accepting mail from your ip",
           r"access denied, banned sender", r"client host rejected: was not authenticated"),
     _rule("microsoft.user-unknown", R.USERUNKNOWN, r"resolver\.adr\.recipient ?notfound",
+          # Exchange's 5.1.351 relays the next hop's refusal of the recipient ("-> Unknown user")
+          r"remote server returned unknown recipient",
           r"recipient not found by smtp address lookup", r"the email address you entered couldn't be found"),
     _rule("microsoft.size", R.EXCEEDLIMIT, r"resolver\.rst\.recipsizelimit"),
     _rule("microsoft.quota", R.MAILBOXFULL, r"resolver\.rst\.recipientmailboxfull", r"quotaexceeded"),
@@ -142,7 +144,7 @@ PHRASES: dict[Reason, TextRule] = {rule.reason: rule for rule in (
           r"no one at this address", r"requested action not taken: mailbox unavailable", r"mailbox unavaiable",
           r"was not found in", r"address not present", r"user not active",
           r"no longer valid", r"not listed in (?:domino|the) directory", r"in name directory", r"mailbox is inactive",
-          r"sorry, no mailbox here", r"this spectator does not exist", r"not our customer", r"recipient refuses to accept"),
+          r"sorry, no mailbox here", r"this spectator does not exist", r"this user doesn't have an? .{1,80} account", r"not our customer", r"recipient refuses to accept"),
     _rule("phrase.filtered", R.FILTERED, r"account is protected by", r"is not accepting any mail", r"message filtered",
           r"message rejected due to user rules", r"not found recipient account", r"user refuses", r"user reject",
           r"refused due to recipient preferences", r"only accepting mail from specific", r"blocked by the recipient",

@@ -3,7 +3,9 @@
 Recognised, in this order: RFC 5965 ARF feedback reports, RFC 3464 delivery status
 notifications (``multipart/report; report-type=delivery-status``, also RFC 6533's
 ``message/global-delivery-status``), the plain-text layouts of MTAs that do not send RFC 3464
-(`mailer.mta.text`), and RFC 3834 automatic replies. Anything else is "not-bounce".
+(`mailer.mta.text`), and RFC 3834 automatic replies. Anything else is "not-bounce". MIME
+walking and the header signs of bounces and auto-replies live in `mailer.mta.parts`; an MTA
+recognised by `mailer.mta.lhost` has its own message table decide the reason first.
 `parse_bounce` never raises: a bounce is outside input and may be anything.
 """
 
@@ -12,14 +14,17 @@ from __future__ import annotations
 import email
 import re
 from dataclasses import dataclass, replace
-from email.header import decode_header, make_header
 from email.message import Message
 from email.policy import compat32
 
 from mailer.classify import classify_reply
-from mailer.mta import ses
-from mailer.mta.commands import refused_command
+from mailer.mta import lhost, ses
 from mailer.mta import text as textual
+from mailer.mta.commands import refused_command
+from mailer.mta.parts import kind as part_type
+from mailer.mta.parts import (
+    BOUNCE_BODY, ORIGINAL_TYPES, body_text, decode, header, is_auto_reply, is_bounce_mail, original, original_to, walk,
+)
 from mailer.reasons import BounceClass, Reason, bounce_class
 
 
@@ -55,7 +60,6 @@ NOT_BOUNCE = BounceReport("not-bounce", (), "none", None, None, None)
 
 _DSN_TYPES = frozenset({"message/delivery-status", "message/global-delivery-status", "text/delivery-status"})
 _ARF_TYPES = frozenset({"message/feedback-report"})
-_ORIGINAL_TYPES = frozenset({"message/rfc822", "text/rfc822-headers", "message/global", "message/global-headers", "message/partial"})
 
 # RFC 3463 2: class.subject.detail; not part of a dotted IP address or a version number.
 _STATUS = re.compile(r"(?<![\d.])([245])\.(\d{1,3})\.(\d{1,3})(?![\d]|\.\d)")
@@ -64,78 +68,8 @@ _STATUS = re.compile(r"(?<![\d.])([245])\.(\d{1,3})\.(\d{1,3})(?![\d]|\.\d)")
 _REPLY_CODE = re.compile(r"(?:^|[\s:;(\[\"'=])([245][0-5]\d)(?=[\s\-]|$)")
 # RFC 3464 2.2 / 2.3: the first field of the per-message and the per-recipient groups
 _INLINE_DSN = re.compile(r"^(?:reporting-mta|final-recipient)[ \t]*:", re.IGNORECASE | re.MULTILINE)
-# Body sentences that only non-delivery reports write, for bounces whose headers say nothing
-# (a carrier's "no-reply" sender and a plain subject).
-_BOUNCE_BODY = re.compile(
-    r"could not be delivered to:|the following addresses had permanent fatal errors|"
-    r"i wasn't able to deliver your message|delivery to the following recipients? failed",
-    re.IGNORECASE,
-)
-_TO_LINE = re.compile(r"^to:[ \t]*(.+)$", re.IGNORECASE | re.MULTILINE)
 _FIELD = re.compile(r"^([A-Za-z][A-Za-z0-9\-]*)[ \t]*:[ \t]*(.*)$")
-_MESSAGE_ID = re.compile(r"^message-id:[ \t]*(<[^>\r\n]+>|\S+)", re.IGNORECASE | re.MULTILINE)
-_RETURN_PATH = re.compile(r"^return-path:[ \t]*<?([^>\s]*)>?", re.IGNORECASE | re.MULTILINE)
-
-# Who sends bounces, and what they call them: the header evidence that a plain-text email
-# is a non-delivery report (RFC 3464 1 calls these "non-delivery notifications").
-_BOUNCE_FROM = re.compile(
-    r"mailer-daemon|post_?master|mail delivery|mail ?administrator|delivery subsystem|"
-    r"mail system|mmdf|mail-?router|no-?reply@.*amazonses|mailer@|smtp gateway|"
-    r"notes mail router|bounce|double-bounce|daemon@|returned|root@",
-    re.IGNORECASE,
-)
-_BOUNCE_SUBJECT = re.compile(
-    r"undeliver|undelivered|delivery (?:status|fail|failure|report|notification|problem|has failed)|"
-    r"returned (?:mail|to sender)|failure notice|failed delivery|mail delivery|non.?deliver|nondeliver|"
-    r"could not be delivered|delivery error|mail error|rejected|bounce|error sending|"
-    r"mail system error|warning: could not send|delayed mail|message not delivered|not delivered|"
-    r"fail(?:ed|ure)|could not send|returned message|permanent error|delivery problem|"
-    r"problem delivering|return receipt|message you sent|unzustellbar|不達|エラー|error|"
-    r"notification|delivery",
-    re.IGNORECASE,
-)
-_AUTO_REPLY_SUBJECT = re.compile(
-    r"auto(?:matic|mated)?[ -]?(?:reply|response|answer)|out of (?:the )?office|vacation|away from|"
-    r"\baway\b|absence|abwesen|abwesenheit|r[eé]ponse automatique|autoreply|on leave|holiday",
-    re.IGNORECASE,
-)
-
-
-def _header(message: Message, name: str) -> str:
-    value = message.get(name)
-    if value is None:
-        return ""
-    if not isinstance(value, str):  # compat32 keeps raw 8-bit bytes as an "unknown-8bit" Header
-        chunks = []
-        for chunk, charset in decode_header(value):
-            if isinstance(chunk, bytes):
-                label = charset if charset and charset != "unknown-8bit" else "utf-8"
-                try:
-                    chunk = chunk.decode(label, "replace")
-                except LookupError:
-                    chunk = chunk.decode("utf-8", "replace")
-            chunks.append(chunk)
-        return "".join(chunks)
-    if any("\udc80" <= ch <= "\udcff" for ch in value):  # raw 8-bit bytes, most often UTF-8
-        value = value.encode("ascii", "surrogateescape").decode("utf-8", "replace")
-    try:
-        return str(make_header(decode_header(value)))
-    except Exception:  # a broken RFC 2047 word: keep the raw text
-        return str(value)
-
-
-def _decode(part: Message) -> str:
-    payload = part.get_payload(decode=True)
-    if not isinstance(payload, bytes):
-        raw = part.get_payload()
-        return raw if isinstance(raw, str) else ""
-    # the declared charset first, then UTF-8 (often sent under a wrong label), then anything
-    for charset in (part.get_content_charset() or "utf-8", "utf-8"):
-        try:
-            return payload.decode(charset)
-        except (LookupError, UnicodeDecodeError):
-            continue
-    return payload.decode("latin-1")
+_RECIPIENT_FIELDS = frozenset({"final-recipient", "original-recipient"})
 
 
 def _field_blocks(part: Message) -> list[dict[str, str]]:
@@ -144,7 +78,7 @@ def _field_blocks(part: Message) -> list[dict[str, str]]:
     if isinstance(payload, list):
         text = "\n\n".join("\n".join(f"{k}: {v}" for k, v in block.items()) for block in payload if isinstance(block, Message))
     else:
-        text = _decode(part)
+        text = decode(part)
     blocks: list[dict[str, str]] = []
     current: dict[str, str] = {}
     last = ""
@@ -160,6 +94,10 @@ def _field_blocks(part: Message) -> list[dict[str, str]]:
         match = _FIELD.match(line)
         if match:
             last = match.group(1).lower()
+            if last in _RECIPIENT_FIELDS and last in current:
+                # the next recipient's group, written without the blank line RFC 3464 2.1 asks for
+                blocks.append(current)
+                current = {}
             current[last] = (current.get(last, "") + " " + match.group(2).strip()).strip() if last in current else match.group(2).strip()
     if current:
         blocks.append(current)
@@ -204,8 +142,16 @@ def _pick_status(field: str | None, diagnostic: str) -> str | None:
 
 
 def _recipient(
-    address: str, *, status: str | None, diagnostic: str, action: str, remote_mta: str, command: str = ""
+    address: str,
+    *,
+    status: str | None,
+    diagnostic: str,
+    action: str,
+    remote_mta: str,
+    command: str = "",
+    decided: tuple[Reason, str] | None = None,
 ) -> BouncedRecipient:
+    """One recipient's verdict; `decided` is the reason an MTA's own message table gave."""
     diagnostic = " ".join(diagnostic.split())
     status = _pick_status(status, diagnostic)
     code = _reply_code_in(diagnostic, status)
@@ -217,7 +163,7 @@ def _recipient(
     # the remote MTA and the recipient's domain both name the receiving service
     host = f"{remote_mta} {address.rpartition('@')[2]}"
     verdict = classify_reply(code=code, enhanced=status, text=diagnostic, command=command, host=host)
-    reason, klass, rule = verdict.reason, verdict.bounce_class, verdict.rule
+    reason, rule = decided if decided is not None and verdict.reason is not Reason.DELIVERED else (verdict.reason, verdict.rule)
     action = action.lower()
     if action in ("delivered", "relayed", "expanded") and not (status or "").startswith(("4", "5")):
         reason, rule = Reason.DELIVERED, f"action.{action}"
@@ -234,71 +180,6 @@ def _reclassified(recipient: BouncedRecipient, reason: Reason, rule: str) -> Bou
     return replace(recipient, reason=reason, bounce_class=klass, rule=rule)
 
 
-def _kind(part: Message) -> str:
-    """The content type, also when a broken header folds its parameters without a ";"."""
-    kind = part.get_content_type()
-    return kind.split(None, 1)[0] if " " in kind or "\n" in kind else kind
-
-
-def _walk(message: Message) -> list[Message]:
-    parts: list[Message] = []
-    stack = [message]
-    while stack and len(parts) < 200:  # a hostile nesting depth must not exhaust us
-        part = stack.pop(0)
-        parts.append(part)
-        if _kind(part) in _ORIGINAL_TYPES:
-            continue  # the returned original: its own parts are not the report
-        payload = part.get_payload()
-        if isinstance(payload, list):
-            stack[0:0] = [p for p in payload if isinstance(p, Message)]
-    return parts
-
-
-def _body_text(parts: list[Message]) -> str:
-    texts = [_decode(p) for p in parts if _kind(p) == "text/plain" and p.get_content_disposition() != "attachment"]
-    if not texts:
-        html = [_decode(p) for p in parts if _kind(p) == "text/html"]
-        texts = [re.sub(r"<[^>]+>", " ", re.sub(r"(?i)<br\s*/?>|</p>|</div>|</tr>", "\n", h)) for h in html]
-    if not texts and not parts[0].is_multipart():
-        # a multipart/report without any boundary in its body: the body is all we have
-        texts = [_decode(parts[0])]
-    return "\n".join(texts)
-
-
-def _original(parts: list[Message], body: str) -> tuple[str | None, str | None]:
-    """Message-ID and Return-Path of the returned original, from its attached copy or inline."""
-    for part in parts:
-        if _kind(part) not in _ORIGINAL_TYPES:
-            continue
-        payload = part.get_payload()
-        if isinstance(payload, list) and payload and isinstance(payload[0], Message):
-            inner = payload[0]
-            path = inner.get("Return-Path")
-            mid = inner.get("Message-ID")
-            return (str(mid).strip() if mid else None, str(path).strip().strip("<>") if path else None)
-        text = _decode(part)
-        mid_match, path_match = _MESSAGE_ID.search(text), _RETURN_PATH.search(text)
-        return (mid_match.group(1) if mid_match else None, path_match.group(1) if path_match else None)
-    marker = textual.ORIGINAL_MARKERS.search(body)
-    tail = body[marker.start() :] if marker else ""
-    mid_match, path_match = _MESSAGE_ID.search(tail), _RETURN_PATH.search(tail)
-    return (mid_match.group(1) if mid_match else None, path_match.group(1) if path_match else None)
-
-
-def _original_to(parts: list[Message], body: str) -> list[str]:
-    """The To: addresses of the returned original, from its attached copy or inline."""
-    for part in parts:
-        if _kind(part) in _ORIGINAL_TYPES:
-            payload = part.get_payload()
-            if isinstance(payload, list) and payload and isinstance(payload[0], Message):
-                return textual.addresses(_header(payload[0], "To"))
-            match = _TO_LINE.search(_decode(part))
-            return textual.addresses(match.group(1)) if match else []
-    marker = textual.ORIGINAL_MARKERS.search(body)
-    match = _TO_LINE.search(body[marker.start() :]) if marker else None
-    return textual.addresses(match.group(1)) if match else []
-
-
 def _arf(message: Message, parts: list[Message], report: Message) -> BounceReport:
     blocks = _field_blocks(report)
     fields: dict[str, str] = {}
@@ -308,29 +189,31 @@ def _arf(message: Message, parts: list[Message], report: Message) -> BounceRepor
     address = fields.get("original-rcpt-to") or fields.get("removal-recipient") or ""
     if not address:
         for part in parts:
-            if _kind(part) in _ORIGINAL_TYPES:
+            if part_type(part) in ORIGINAL_TYPES:
                 payload = part.get_payload()
                 inner = payload[0] if isinstance(payload, list) and payload else None
                 if isinstance(inner, Message):
                     address = str(inner.get("To", ""))
                 else:
-                    to_line = re.search(r"(?im)^to:\s*(.+)$", _decode(part))
+                    to_line = re.search(r"(?im)^to:\s*(.+)$", decode(part))
                     address = to_line.group(1) if to_line else ""
                 break
     found = textual.addresses(address) or [""]
     recipients = tuple(
         BouncedRecipient(a, None, None, "", "", "", "", Reason.FEEDBACK, BounceClass.NONE, "arf") for a in found
     )
-    mid, path = _original(parts, "")
+    mid, path = original(parts, "")
     return BounceReport("feedback", recipients, "arf", mid, path, feedback_type)
 
 
-def _rfc3464(message: Message, parts: list[Message], report: Message, body: str) -> BounceReport | None:
+def _rfc3464(
+    message: Message, parts: list[Message], report: Message, body: str, fmt: lhost.MTAFormat | None
+) -> BounceReport | None:
     blocks = _field_blocks(report)
     per_message: dict[str, str] = blocks[0] if blocks and not ({"final-recipient", "original-recipient"} & blocks[0].keys()) else {}
     region = textual.error_region(body)
     from_text = {r.address: r for r in textual.recipients(region)}
-    failed = textual.addresses(_header(message, "X-Failed-Recipients"))
+    failed = textual.addresses(header(message, "X-Failed-Recipients"))
     recipients: list[BouncedRecipient] = []
     for block in blocks:
         raw = block.get("final-recipient") or block.get("original-recipient")
@@ -351,38 +234,44 @@ def _rfc3464(message: Message, parts: list[Message], report: Message, body: str)
         mailer = block.get("diagnostic-code", "").lower().startswith("x-unix")
         status_field = _status_in(block.get("status", ""))
         remote = _typed(block.get("remote-mta", "") or per_message.get("reporting-mta", ""))
-        found = _recipient(address, status=status_field, diagnostic=diagnostic, action=block.get("action", ""), remote_mta=remote, command=command)
+        decided = lhost.table_reason(fmt, message, diagnostic, region) if fmt else None
+        found = _recipient(
+            address, status=status_field, diagnostic=diagnostic, action=block.get("action", ""), remote_mta=remote,
+            command=command, decided=decided,
+        )
         if mailer and found.reason is not Reason.DELIVERED and ".phrase" not in found.rule and not found.rule.startswith("phrase."):
             # RFC 3464 2.3.6 diagnostic type X-Unix: a local delivery program failed
             found = _reclassified(found, Reason.MAILERERROR, "diagnostic-type.x-unix")
         recipients.append(found)
     if not recipients:
         return None
-    mid, path = _original(parts, body)
+    mid, path = original(parts, body)
     kind = "delivered" if all(r.reason is Reason.DELIVERED for r in recipients) else "bounce"
     return BounceReport(kind, tuple(recipients), "rfc3464", mid, path, None)
 
 
-def _plain(message: Message, parts: list[Message], body: str) -> BounceReport | None:
+def _plain(message: Message, parts: list[Message], body: str, fmt: lhost.MTAFormat | None) -> BounceReport | None:
     region = textual.error_region(body)
-    sender = textual.addresses(_header(message, "To"))
+    sender = textual.addresses(header(message, "To"))
     found = textual.recipients(region, sender=sender[0] if sender else "")
-    failed = textual.addresses(_header(message, "X-Failed-Recipients"))
+    failed = textual.addresses(header(message, "X-Failed-Recipients"))
     if failed:
         known = {r.address: r for r in found}
         found = [known.get(a) or textual.TextRecipient(a, " ".join(region.split())) for a in failed]
     if not found:
         # no address in the explanation (old Sendmail: "421 example.com (smtp)... Deferred"):
         # the returned original's own To: names whom it was for
-        found = [textual.TextRecipient(a, " ".join(region.split())) for a in _original_to(parts, body)]
+        found = [textual.TextRecipient(a, " ".join(region.split())) for a in original_to(parts, body)]
     if not found:
         return None
     whole = " ".join(region.split())
+    apart = lhost.error_text(fmt, region) if fmt else None
     recipients = []
     for item in found:
-        diagnostic = item.diagnostic if len(item.diagnostic) >= 12 else whole
-        recipients.append(_recipient(item.address, status=None, diagnostic=diagnostic, action="failed", remote_mta=""))
-    mid, path = _original(parts, body)
+        diagnostic = apart or (item.diagnostic if len(item.diagnostic) >= 12 else whole)
+        decided = lhost.table_reason(fmt, message, diagnostic, region, header(message, "Subject")) if fmt else None
+        recipients.append(_recipient(item.address, status=None, diagnostic=diagnostic, action="failed", remote_mta="", decided=decided))
+    mid, path = original(parts, body)
     return BounceReport("bounce", tuple(recipients), "text", mid, path, None)
 
 
@@ -400,31 +289,10 @@ def _ses(events: list[ses.SESEvent]) -> BounceReport:
     return BounceReport(kind, tuple(recipients), "amazonses-json", events[0].message_id, events[0].source, feedback)
 
 
-def _is_bounce_mail(message: Message) -> bool:
-    sender = _header(message, "From") + " " + _header(message, "Return-Path")
-    subject = _header(message, "Subject")
-    return bool(
-        message.get("X-Failed-Recipients")
-        or _BOUNCE_FROM.search(sender)
-        or _BOUNCE_SUBJECT.search(subject)
-    )
-
-
-def _is_auto_reply(message: Message) -> bool:
-    auto = _header(message, "Auto-Submitted").lower()
-    return bool(
-        auto.startswith("auto-replied")
-        or message.get("X-Autoreply")
-        or message.get("X-Autorespond")
-        or _header(message, "Precedence").lower() == "auto_reply"
-        or _AUTO_REPLY_SUBJECT.search(_header(message, "Subject"))
-    )
-
-
 def _vacation(message: Message) -> BounceReport:
-    address = textual.addresses(_header(message, "From"))
+    address = textual.addresses(header(message, "From"))
     recipient = BouncedRecipient(
-        address[0] if address else "", None, None, _header(message, "Subject"), "", "", "",
+        address[0] if address else "", None, None, header(message, "Subject"), "", "", "",
         Reason.VACATION, BounceClass.NONE, "rfc3834",
     )
     return BounceReport("vacation", (recipient,), "rfc3834", None, None, None)
@@ -432,15 +300,16 @@ def _vacation(message: Message) -> BounceReport:
 
 def _parse(raw: bytes) -> BounceReport:
     message = email.message_from_bytes(raw, policy=compat32)
-    parts = _walk(message)
-    types = [_kind(p) for p in parts]
+    parts = walk(message)
+    types = [part_type(p) for p in parts]
     for part, kind in zip(parts, types):
         if kind in _ARF_TYPES:
             return _arf(message, parts, part)
-    body = _body_text(parts)
+    body = body_text(parts)
+    fmt = lhost.identify(message)
     for part, kind in zip(parts, types):
         if kind in _DSN_TYPES:
-            report = _rfc3464(message, parts, part, body)
+            report = _rfc3464(message, parts, part, body, fmt)
             if report is not None:
                 return report
     inline = _INLINE_DSN.search(body)
@@ -449,17 +318,17 @@ def _parse(raw: bytes) -> BounceReport:
         # where they stand in the text
         fields = Message()
         fields.set_payload(body[inline.start() :])
-        report = _rfc3464(message, parts, fields, body[: inline.start()])
+        report = _rfc3464(message, parts, fields, body[: inline.start()], fmt)
         if report is not None:
             return report
     events = ses.events(body) if '"notificationType"' in body else []
     if events:
         return _ses(events)
-    if _is_bounce_mail(message) or _BOUNCE_BODY.search(body[:4000]):
-        report = _plain(message, parts, body)
+    if fmt is not None or is_bounce_mail(message) or BOUNCE_BODY.search(body[:4000]):
+        report = _plain(message, parts, body, fmt)
         if report is not None:
             return report
-    if _is_auto_reply(message) and not _is_bounce_mail(message):
+    if is_auto_reply(message) and not is_bounce_mail(message):
         return _vacation(message)
     return NOT_BOUNCE
 

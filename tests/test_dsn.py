@@ -112,3 +112,45 @@ def test_mutated_corpus_bounces_never_raise(name: str, cuts: list[tuple[int, byt
         at %= max(len(raw), 1)
         raw[at : at + len(junk)] = junk
     assert parse_bounce(bytes(raw)).kind in {"bounce", "feedback", "vacation", "delivered", "not-bounce"}
+
+
+def test_imail_unknown_user_is_hard() -> None:
+    """An iMail Server "Unknown user:" line condemns the address, whatever command it answered."""
+    raw = (
+        b"From: Postmaster <postmaster@example.org>\nTo: <a@example.org>\nSubject: Undeliverable Mail\n"
+        b"X-Mailer: <SMTP32 v8.22>\n\nUnknown user: b@example.net\n\nOriginal message follows.\n\nTo: b@example.net\n"
+    )
+    report = parse_bounce(raw)
+    assert [(r.address, r.reason, r.bounce_class) for r in report.recipients] == [
+        ("b@example.net", Reason.USERUNKNOWN, BounceClass.HARD)
+    ]
+
+
+def test_dsn_groups_without_blank_line_are_two_recipients() -> None:
+    """A second Final-Recipient starts a new per-recipient group even without the blank line."""
+    raw = (
+        b"From: MAILER-DAEMON@example.org\nTo: a@example.org\nSubject: Undeliverable\nMIME-Version: 1.0\n"
+        b'Content-Type: multipart/report; report-type=delivery-status; boundary="b"\n\n'
+        b"--b\nContent-Type: text/plain\n\nfailed\n"
+        b"--b\nContent-Type: message/delivery-status\n\nReporting-MTA: dns; mx.example.org\n\n"
+        b"Final-Recipient: rfc822; x@example.net\nAction: failed\nStatus: 5.2.2\nDiagnostic-Code: smtp; 552 5.2.2 Mailbox full\n"
+        b"Final-Recipient: rfc822; y@example.net\nAction: failed\nStatus: 5.1.1\nDiagnostic-Code: smtp; 550 5.1.1 User unknown\n"
+        b"--b--\n"
+    )
+    report = parse_bounce(raw)
+    assert [(r.address, r.reason) for r in report.recipients] == [
+        ("x@example.net", Reason.MAILBOXFULL), ("y@example.net", Reason.USERUNKNOWN)
+    ]
+
+
+def test_boundary_folded_without_indent_is_repaired() -> None:
+    """A nested multipart whose boundary parameter fell into its body still yields its text."""
+    raw = (
+        b"From: post_master@vtext.com\nTo: a@example.org\nSubject: Re: hi\nMIME-Version: 1.0\n"
+        b'Content-Type: multipart/mixed; boundary="outer"\n\n'
+        b'--outer\nContent-Type: multipart/alternative;\nboundary="inner"\n\n'
+        b"--inner\nContent-Type: text/plain\n\nError: Invalid user address\nError message below:\n"
+        b"550 - Requested action not taken: no such user here\nMessage details:\n  RCPT TO: b@vtext.com\n--inner--\n--outer--\n"
+    )
+    report = parse_bounce(raw)
+    assert [(r.address, r.reason) for r in report.recipients] == [("b@vtext.com", Reason.USERUNKNOWN)]

@@ -124,6 +124,10 @@ SERVICES: tuple[ServiceCatalogue, ...] = (
                (R.SYSTEMERROR, r"unable to process (?:connection|command|an email)|message ended early"),
                (R.TOOMANYCONN, r"account service is temporarily unavailable|exceeding outbound thread limit"),
                (R.VIRUSDETECTED, r"email rejected due to security policies")),
+    # Outlook.com / Hotmail (Sisimai rhost/for-outlook.go)
+    _catalogue("outlook", r"(?:^|\.)hotmail\.com$",
+               (R.HOSTUNKNOWN, r"the mail could not be delivered to the recipient because the domain is not reachable"),
+               (R.USERUNKNOWN, r"requested action not taken: mailbox unavailable")),
     # Tencent QQ Mail, https://service.mail.qq.com/detail/122
     _catalogue("tencent", r"(?:^|\.)qq\.com$",
                (R.AUTHFAILURE, r"(?:spf|dmarc) check failed"),
