@@ -13,6 +13,7 @@ The table, in the operator's words:
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import timedelta
 from enum import StrEnum
@@ -60,3 +61,17 @@ def decide(reason: Reason, bounce_class: BounceClass, *, earlier_soft: int, poli
 
 def suppresses(action: Action) -> bool:
     return action in SUPPRESSION_REASONS
+
+
+# A 4xx usually means "later" and nothing more. These reasons say something about the
+# mailbox itself, so each such deferral counts as a soft bounce toward escalation.
+COUNTED_DEFERRALS = frozenset({Reason.MAILBOXFULL, Reason.SUSPEND, Reason.EXCEEDLIMIT})
+# Greylisting (a first-contact 4xx by design) is neither a bounce nor a warning sign.
+_GREYLISTING = re.compile(r"gr[ae]y-?list", re.IGNORECASE)
+
+
+def deferral_matters(reason: Reason, text: str) -> bool:
+    """Whether a 4xx with this reason goes to the policy rather than being a plain retry."""
+    if _GREYLISTING.search(text):
+        return False
+    return reason in COUNTED_DEFERRALS or reason in SENDER_PROBLEMS

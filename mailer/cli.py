@@ -13,7 +13,7 @@ import secrets
 import signal
 import sys
 from collections.abc import Sequence
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from mailer.clock import AcceleratedClock, Clock, SystemClock
@@ -259,6 +259,16 @@ def _status(args: argparse.Namespace) -> int:
             print(f"leads: {await store.lead_count()}")
             print("enrollments: " + _counts(await store.enrollment_counts()))
             print("messages: " + _counts(await store.message_counts()))
+            since = now_utc() - timedelta(days=7)
+            bounces = await store.bounce_summary(since)
+            sent = await store.sent_since(since)
+            complaints = bounces.get("complaint", 0)
+            rate = f"{complaints / sent:.2%}" if sent else "n/a"
+            print(f"last 7 days: {sent} sent; bounces: {_counts(bounces)}; complaint rate {rate}")
+            if bounces.get("sender-alert"):
+                # Gmail and Yahoo's bulk-sender rules expect complaints under 0.3%; alerts
+                # mean receivers are refusing us, not our recipients.
+                print(f"deliverability alerts: {bounces['sender-alert']} refusals of the sender; see `mailer bounces list`")
 
     asyncio.run(run())
     return 0

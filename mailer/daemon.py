@@ -33,7 +33,8 @@ from mailer.render import Renderer
 from mailer.reply import SMTPReply, Verdict
 from mailer.bouncing import BounceIntake
 from mailer.inbound import BounceListener
-from mailer.bouncepolicy import SUPPRESSION_REASONS, Action, BouncePolicy, decide, suppresses
+from mailer.bouncepolicy import SUPPRESSION_REASONS, Action, BouncePolicy, decide, deferral_matters, suppresses
+from mailer.cooldown import ProviderCooldowns, provider_of
 from mailer.classify import classify_reply
 from mailer.reasons import SENDER_PROBLEMS, BounceClass, Reason
 from mailer.reply import SESSION_COMMANDS
@@ -89,6 +90,7 @@ class Daemon:
         self.composer = Composer(Renderer(config.templates), config.identities)
         self.retry = RetryPolicy.from_config(config.retry)
         self.bounce_policy = BouncePolicy(config.bounces.soft_limit, config.bounces.soft_window)
+        self.cooldowns = ProviderCooldowns()
         self.signer = Signer(config.secret_keys()) if config.bounces.domain else None
         self.on_outcome = on_outcome
         self.rng = rng or random.Random()
@@ -344,6 +346,10 @@ class Daemon:
             # The file is broken or gone for now: keep the message and try it later.
             return self._temporary(message, now, SMTPReply(None, f"scenario {message.scenario!r} is not loaded", command="RENDER")), ""
         step = scenario.steps[scenario.step_index(message.step_id)]
+        paused = self.cooldowns.paused_until(provider_of(lead.email), now)
+        if paused is not None:
+            # The provider refused us a moment ago: no attempt, the message waits it out.
+            return self._outcome(message, MessageState.DEFERRED, now, next_attempt_at=paused, detail="provider paused after refusing us"), ""
         try:
             composed = self.composer.compose(scenario, step, lead, message_id=message.message_id, now=now)
         except (TemplateError, HeaderInjectionError, MailerError) as error:
@@ -377,16 +383,21 @@ class Daemon:
         reason, bounce_class = found.reason, found.bounce_class
         retried = self._temporary(message, now, reply)
         if reply.verdict is Verdict.TEMPORARY:
-            if retried.state is not MessageState.EXPIRED:
+            if retried.state is MessageState.EXPIRED:
+                reason, bounce_class = Reason.EXPIRED, BounceClass.SOFT  # the last deferral: a soft bounce
+            elif not deferral_matters(reason, reply.text):
                 return retried
-            reason, bounce_class = Reason.EXPIRED, BounceClass.SOFT  # the last deferral: a soft bounce
         earlier = 0
         if bounce_class is BounceClass.SOFT and reason not in SENDER_PROBLEMS:
             earlier = await self.store.soft_bounces_since(lead.email, now - self.bounce_policy.soft_window)
         action = decide(reason, bounce_class, earlier_soft=earlier, policy=self.bounce_policy)
         outcome = self._outcome(message, MessageState.FAILED, now, reply=reply) if suppresses(action) else retried
         if action is Action.SENDER_ALERT:
-            log.warning("deliverability alert: %s refused us for %s: %s (%s)", reply.host, lead.email, reply, reason)
+            until = self.cooldowns.refused(provider_of(lead.email), now)
+            log.warning(
+                "deliverability alert: %s refused us for %s: %s (%s); pausing %s until %s",
+                reply.host, lead.email, reply, reason, provider_of(lead.email), f"{until:%Y-%m-%d %H:%M} UTC",
+            )
         bounce = BounceRecord(
             at=now, source="smtp", email=lead.email, kind="bounce", reason=reason.value,
             bounce_class=bounce_class.value, action=action.value, status=reply.enhanced, reply_code=reply.code,

@@ -146,3 +146,14 @@ class BounceTables:
                 "VALUES (?, ?, ?, ?, ?)",
                 [(s.email, s.list_name, s.reason, s.detail, ms(now)) for s in suppressions],
             )
+
+    async def bounce_summary(self, since: datetime) -> dict[str, int]:
+        """Bounce decisions since an instant, by action (undone ones left out)."""
+        rows = await self._fetchall(
+            "SELECT action, count(*) FROM bounces WHERE at >= ? AND undone_at IS NULL GROUP BY action", (ms(since),)
+        )
+        return {action: count for action, count in rows}
+
+    async def sent_since(self, since: datetime) -> int:
+        rows = await self._fetchall("SELECT count(*) FROM events WHERE type = 'sent' AND at >= ?", (ms(since),))
+        return int(rows[0][0])

@@ -226,6 +226,8 @@ def test_bounces_ingest_list_show_and_undo_from_the_command_line(tmp_path: Path,
     assert "lead000@example.com userunknown/hard" in listed
     assert main(["bounces", "show", "1"]) == 0
     assert "Final-Recipient: rfc822; lead000@example.com" in capsys.readouterr().out
+    assert main(["status"]) == 0
+    assert "bounces: record 1, suppress 1" in capsys.readouterr().out
     assert main(["bounces", "undo", "lead000@example.com"]) == 0
     assert "undone" in capsys.readouterr().out
     assert main(["bounces", "undo", "lead000@example.com"]) == 2

@@ -17,6 +17,7 @@ import pytest
 from conftest import make_config, make_leads, write_workspace
 from mailer.clock import FakeClock
 from mailer.daemon import Daemon
+from mailer.leads import Lead
 from mailer.sqlitestore import SQLiteStore
 from mailer.testing import CaptureServer
 
@@ -174,7 +175,7 @@ async def test_a_550_ends_as_failed_and_is_never_retried(running: Running) -> No
 
 async def test_a_deferred_message_expires_after_the_maximum_age(running: Running) -> None:
     """A recipient that answers 4xx for more than four days ends as expired, not retried forever."""
-    running.server.script("lead001@example.com", "RCPT", *["421 4.7.0 Try later"] * 100)
+    running.server.script("lead001@example.com", "RCPT", *["451 4.3.0 Temporary local problem, try later"] * 100)
     await running.clock.advance(hours=1)
     await running.server.wait_for(49)
     for _ in range(30):  # 4 hours apart at most: 30 rounds pass 4 days
@@ -245,24 +246,47 @@ async def test_a_550_unknown_user_suppresses_the_address_and_its_later_steps_exi
     assert not [m for m in running.server.messages if m.rcpt_tos == ("lead003@example.com",) and "Two" in str(m.parsed()["Subject"])]
 
 
-async def test_a_blocklisting_refusal_suppresses_nobody_and_is_retried(running: Running) -> None:
-    """554 5.7.1 'blocked using Spamhaus' is the sender's problem: recorded, retried, nobody suppressed."""
-    running.server.script("lead004@example.com", "RCPT", "554 5.7.1 Service unavailable; Client host [192.0.2.1] blocked using zen.spamhaus.org")
-    await running.clock.advance(hours=1)
-    await running.counts_become({"sent": 49, "deferred": 1})
-    assert await running.store.suppressions_of("lead004@example.com") == []
-    [bounce] = await running.store.bounces(email="lead004@example.com")
-    assert bounce.action == "sender-alert" and bounce.suppression is None
-    await running.clock.advance(minutes=25)
-    await running.counts_become({"sent": 50})
+async def test_a_blocklisting_refusal_suppresses_nobody_and_pauses_that_provider(tmp_path: Path, smtp_server: CaptureServer) -> None:
+    """554 5.7.1 'blocked using Spamhaus': nobody suppressed, the provider's other messages wait, all retried later."""
+    async with run_daemon(tmp_path, smtp_server, delivery={"concurrency": 1}) as running:
+        blocked = [Lead(email=f"b{n}@blocked.example", first_name=f"B{n}", company="Blocked") for n in range(3)]
+        await running.store.upsert_leads(blocked, list_name="signups", now=MONDAY_8AM)
+        smtp_server.script("b0@blocked.example", "RCPT", "554 5.7.1 Service unavailable; Client host [192.0.2.1] blocked using zen.spamhaus.org")
+        await running.clock.advance(hours=1)
+        await running.counts_become({"sent": 50, "deferred": 3})
+        assert [c for c in smtp_server.commands if c[0] == "RCPT" and "blocked.example" in c[1]] == [("RCPT", "b0@blocked.example")]
+        assert [await running.store.suppressions_of(lead.email) for lead in blocked] == [[], [], []]
+        [bounce] = await running.store.bounces(email="b0@blocked.example")
+        assert bounce.action == "sender-alert" and bounce.suppression is None
+        await running.clock.advance(minutes=35)  # past the 30-minute pause and the 20-minute retry
+        await running.counts_become({"sent": 53})
 
 
-async def test_a_full_mailbox_is_deferred_without_counting_as_a_bounce(running: Running) -> None:
-    """452 4.2.2 mailbox full is a deferral: retried, no bounce recorded until the message expires."""
-    running.server.script("lead006@example.com", "RCPT", "452 4.2.2 Mailbox full")
+async def test_greylisting_is_a_plain_deferral(running: Running) -> None:
+    """451 4.7.1 greylisted: retried, no bounce recorded, no alert, nobody paused."""
+    running.server.script("lead006@example.com", "RCPT", "451 4.7.1 Greylisted, please try again later")
     await running.clock.advance(hours=1)
     await running.counts_become({"sent": 49, "deferred": 1})
     assert await running.store.bounces(email="lead006@example.com") == []
+
+
+async def test_a_full_mailbox_is_retried_then_escalated_to_a_suppression(running: Running) -> None:
+    """452 4.2.2 mailbox full three times within the window: the third suppresses (soft-bounce escalation)."""
+    running.server.script("lead006@example.com", "RCPT", *["452 4.2.2 Mailbox full"] * 3)
+    await running.clock.advance(hours=1)
+    await running.counts_become({"sent": 49, "deferred": 1})
+    await running.clock.advance(minutes=25)
+    await running.server.wait_for(49)
+    for _ in range(20):
+        if (await running.store.message_counts()).get("failed"):
+            break
+        await running.clock.advance(minutes=25)
+        await running.settle()
+    await running.counts_become({"sent": 49, "failed": 1})
+    [(_, reason, _)] = await running.store.suppressions_of("lead006@example.com")
+    assert reason == "soft-bounce-escalation"
+    actions = [b.action for b in await running.store.bounces(email="lead006@example.com")]
+    assert sorted(actions) == ["retry", "retry", "soft-bounce-escalation"]
 
 
 async def test_with_a_bounce_domain_every_message_has_its_own_signed_verp_sender(tmp_path: Path, smtp_server: CaptureServer) -> None:
