@@ -23,6 +23,13 @@ log = logging.getLogger("mailer.inbound")
 MAX_BOUNCE_BYTES = 10 * 1024 * 1024
 
 
+class _BounceSMTP(SMTP):
+    # RFC 5321 4.5.3.1.6 caps a line at 1,000 octets, but bounce generators quote long
+    # diagnostic lines and headers of the original; losing a bounce over it helps nobody
+    # (Postel's principle for a receiver of machine-written reports).
+    line_length_limit = 64 * 1024
+
+
 class BounceListener:
     def __init__(self, *, intake: BounceIntake, domain: str, clock: Clock, listen: str) -> None:
         self.intake = intake
@@ -38,7 +45,7 @@ class BounceListener:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
-            lambda: SMTP(self, hostname=self.domain, data_size_limit=MAX_BOUNCE_BYTES, enable_SMTPUTF8=True),
+            lambda: _BounceSMTP(self, hostname=self.domain, data_size_limit=MAX_BOUNCE_BYTES, enable_SMTPUTF8=True),
             self.host,
             self.port,
         )

@@ -231,3 +231,12 @@ def test_bounces_ingest_list_show_and_undo_from_the_command_line(tmp_path: Path,
     assert main(["bounces", "undo", "lead000@example.com"]) == 0
     assert "undone" in capsys.readouterr().out
     assert main(["bounces", "undo", "lead000@example.com"]) == 2
+
+
+async def test_the_listener_accepts_real_world_long_lines(bouncing: Bouncing) -> None:
+    """A bounce with a 3,000-character header line is received, not refused as too long."""
+    long = dsn(recipient="lead007@example.com", status="5.2.2", diagnostic="552 5.2.2 Mailbox full", message_id="<x@y>")
+    long = long.replace(b"Subject: Undelivered", b"X-Long: " + b"a" * 3000 + b"\r\nSubject: Undelivered", 1)
+    await bouncing.bounce(long, to=bouncing.sent_to("lead007@example.com").mail_from)
+    [record] = await bouncing.store.bounces(email="lead007@example.com")
+    assert record.reason == "mailboxfull" and record.action == "retry"
