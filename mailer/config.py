@@ -140,27 +140,27 @@ class Config:
 
     def secret_keys(self) -> list[bytes]:
         """Every key in the key file, the current one first (older ones verify old links)."""
-        self.secret_key()
-        text = self.secret_key_file.read_text(encoding="utf-8")
-        return [line.strip().encode() for line in text.splitlines() if line.strip() and not line.startswith("#")]
-
-    def secret_key(self) -> bytes:
         try:
-            lines = self.secret_key_file.read_bytes().strip().splitlines()
-            key = lines[0].strip() if lines else b""
+            text = self.secret_key_file.read_text(encoding="utf-8")
         except OSError as error:
             raise ConfigError(
                 f"cannot read the secret key ({error.strerror})",
                 file=str(self.secret_key_file),
                 hint="run `mailer init` to create one",
             ) from None
+        keys = [line.strip().encode() for line in text.splitlines() if line.strip() and not line.startswith("#")]
+        key = keys[0] if keys else b""
         if len(key) < 32:
             raise ConfigError(
                 "the secret key is shorter than 32 characters",
                 file=str(self.secret_key_file),
-                hint="run `mailer init --force` to make a new one",
+                hint="delete it, then run `mailer init --force` to make a new one",
             )
-        return key
+        return keys
+
+    def secret_key(self) -> bytes:
+        """The current key, the one new links and addresses are signed with."""
+        return self.secret_keys()[0]
 
 
 _SECTIONS: dict[str, type] = {

@@ -320,8 +320,8 @@ class Daemon:
         except Exception as error:  # a bug must not strand the message in `sending`
             log.exception("unexpected error delivering %s", message.message_id)
             await connection.discard()
-            reply = SMTPReply(None, f"internal error: {type(error).__name__}: {error}", command="BUILD")
-            outcome, summary = self._temporary(message, self.clock.now(), reply), ""
+            detail = f"internal error: {type(error).__name__}: {error}"
+            outcome, summary = self._temporary(message, self.clock.now(), None, detail=detail), ""
         self._pending.append(outcome)
         self.report.count(outcome.state)
         if outcome.state is not MessageState.SENT:
@@ -342,14 +342,16 @@ class Daemon:
         if message.suppressed:
             return self._outcome(message, MessageState.SUPPRESSED, now, detail="address is suppressed"), ""
         scenario = self.scenarios.get(message.scenario)
-        if scenario is None or message.step_id not in {s.id for s in scenario.steps}:
+        step = scenario.step(message.step_id) if scenario is not None else None
+        if scenario is None or step is None:
             # The file is broken or gone for now: keep the message and try it later.
-            return self._temporary(message, now, SMTPReply(None, f"scenario {message.scenario!r} is not loaded", command="RENDER")), ""
-        step = scenario.steps[scenario.step_index(message.step_id)]
+            return self._temporary(message, now, None, detail=f"scenario {message.scenario!r} is not loaded"), ""
         paused = self.cooldowns.paused_until(provider_of(lead.email), now)
         if paused is not None:
             # The provider refused us a moment ago: no attempt, the message waits it out.
-            return self._outcome(message, MessageState.DEFERRED, now, next_attempt_at=paused, detail="provider paused after refusing us"), ""
+            return self._outcome(
+                message, MessageState.DEFERRED, now, next_attempt_at=paused, detail="provider paused after refusing us", attempted=False
+            ), ""
         try:
             composed = self.composer.compose(scenario, step, lead, message_id=message.message_id, now=now)
         except (TemplateError, HeaderInjectionError, MailerError) as error:
@@ -406,13 +408,16 @@ class Daemon:
         )
         return dataclasses.replace(outcome, bounce=bounce)
 
-    def _temporary(self, message: ClaimedMessage, now: datetime, reply: SMTPReply) -> Outcome:
+    def _temporary(self, message: ClaimedMessage, now: datetime, reply: SMTPReply | None, *, detail: str = "") -> Outcome:
+        """Deferred for a retry, or expired past the maximum age; `reply` None: no SMTP attempt."""
         retry_at = self.retry.next_attempt(
             attempt=message.attempts + 1, first_attempt_at=message.created_at, now=now, rng=self.rng
         )
+        attempted = reply is not None
         if retry_at is None:
-            return self._outcome(message, MessageState.EXPIRED, now, reply=reply, detail="gave up after the maximum age")
-        return self._outcome(message, MessageState.DEFERRED, now, reply=reply, next_attempt_at=retry_at)
+            detail = detail or "gave up after the maximum age"
+            return self._outcome(message, MessageState.EXPIRED, now, reply=reply, detail=detail, attempted=attempted)
+        return self._outcome(message, MessageState.DEFERRED, now, reply=reply, next_attempt_at=retry_at, detail=detail, attempted=attempted)
 
     @staticmethod
     def _outcome(message: ClaimedMessage, state: MessageState, at: datetime, **extra: object) -> Outcome:

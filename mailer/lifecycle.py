@@ -43,8 +43,6 @@ TRANSITIONS: dict[MessageState, frozenset[MessageState]] = {
 }
 
 TERMINAL: frozenset[MessageState] = frozenset(s for s, nexts in TRANSITIONS.items() if not nexts)
-# No attempt follows these (a sent message may still be marked bounced later).
-DELIVERY_DONE: frozenset[MessageState] = TERMINAL | {S.SENT}
 # States from which a message may be claimed for an attempt.
 CLAIMABLE: frozenset[MessageState] = frozenset({S.QUEUED, S.DEFERRED})
 

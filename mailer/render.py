@@ -90,7 +90,6 @@ class CompiledStep:
         subject: jinja2.Template,
         html: jinja2.Template,
         text: jinja2.Template | None,
-        template_name: str,
         dependencies: Mapping[Path, float],
         inline_each: str | None = None,
     ) -> None:
@@ -99,14 +98,13 @@ class CompiledStep:
         self.text = text
         # Why this template's CSS is inlined per message (slow, always right), or None.
         self.inline_each = inline_each
-        self.template_name = template_name
         self.dependencies = dict(dependencies)
         self.checked_at = time.monotonic()
 
     def render(self, context: Mapping[str, Any]) -> RenderedParts:
         html = self.html.render(context)
         if self.inline_each is not None:
-            html = _inline_css(html)
+            html = inline_css(html)
         text = self.text.render(context) if self.text is not None else get_text(html, _TEXT_CONFIG)
         return RenderedParts(subject=self.subject.render(context).strip(), html=html, text=text)
 
@@ -162,7 +160,7 @@ class Renderer:
         html = original
         if unsafe is None:
             try:
-                inlined = _restore(_inline_css(protected), constructs, nonce, template)
+                inlined = _restore(inline_css(protected), constructs, nonce, template)
                 html = self._from_string(self.html_env, inlined, template)
             except TemplateError as error:
                 unsafe = error.problem
@@ -178,7 +176,6 @@ class Renderer:
             subject=subject_template,
             html=html,
             text=text,
-            template_name=template,
             dependencies=dependencies,
             inline_each=unsafe,
         )
@@ -411,7 +408,8 @@ def _restore(document: str, constructs: list[tuple[str, str]], nonce: str, name:
     return pattern.sub(lambda m: constructs[int(m.group(1))][1], document)
 
 
-def _inline_css(document: str) -> str:
+def inline_css(document: str) -> str:
+    """Inline a document's CSS with premailer (once per template, or per message as a fallback)."""
     return str(
         premailer.Premailer(
             document,
@@ -421,8 +419,3 @@ def _inline_css(document: str) -> str:
             cssutils_logging_level=logging.CRITICAL,
         ).transform()
     )
-
-
-def inline_css(document: str) -> str:
-    """Inline one rendered document's CSS: the per-message way, kept for tests and benchmarks."""
-    return _inline_css(document)

@@ -82,6 +82,10 @@ class Scenario:
     send_window: SendWindow | None  # None: any time
     description: str = ""
 
+    def step(self, step_id: str) -> Step | None:
+        """The step with id `step_id`, or None when the scenario has none (any more)."""
+        return next((step for step in self.steps if step.id == step_id), None)
+
     def step_index(self, step_id: str) -> int:
         """The position of the step with id `step_id`; KeyError when there is none."""
         for index, step in enumerate(self.steps):

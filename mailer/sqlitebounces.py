@@ -19,6 +19,21 @@ from mailer.store import BounceRecord, MessageRef, Suppression
 from mailer.timestamps import from_ms, ms
 
 
+_BOUNCE_COLUMNS = (
+    "id, at, source, email, kind, reason, bounce_class, action, status, reply_code, diagnostic, "
+    "rule, remote_host, message_id, lead_id, evidence, suppression, undone_at"
+)
+
+
+def _bounce(r: Sequence[Any]) -> BounceRecord:
+    return BounceRecord(
+        id=r[0], at=from_ms(r[1]), source=r[2], email=r[3], kind=r[4], reason=r[5], bounce_class=r[6],
+        action=r[7], status=r[8], reply_code=r[9], diagnostic=r[10], rule=r[11], remote_host=r[12],
+        message=r[13], lead_id=r[14], evidence=bytes(r[15]), suppression=r[16],
+        undone_at=from_ms(r[17]) if r[17] is not None else None,
+    )
+
+
 class BounceTables:
     """Needs the connection, transactions and queries of the store it is mixed into."""
 
@@ -99,26 +114,13 @@ class BounceTables:
     async def bounces(self, *, email: str | None = None, limit: int = 50) -> list[BounceRecord]:
         where, params = ("WHERE email = ?", [email]) if email else ("", [])
         rows = await self._fetchall(
-            f"SELECT id, at, source, email, kind, reason, bounce_class, action, status, reply_code, diagnostic, "
-            f"rule, remote_host, message_id, lead_id, evidence, suppression, undone_at FROM bounces {where} "
-            f"ORDER BY at DESC, id DESC LIMIT ?",
-            [*params, limit],
+            f"SELECT {_BOUNCE_COLUMNS} FROM bounces {where} ORDER BY at DESC, id DESC LIMIT ?", [*params, limit]
         )
-        return [
-            BounceRecord(
-                id=r[0], at=from_ms(r[1]), source=r[2], email=r[3], kind=r[4], reason=r[5], bounce_class=r[6],
-                action=r[7], status=r[8], reply_code=r[9], diagnostic=r[10], rule=r[11], remote_host=r[12],
-                message=r[13], lead_id=r[14], evidence=bytes(r[15]), suppression=r[16],
-                undone_at=from_ms(r[17]) if r[17] is not None else None,
-            )
-            for r in rows
-        ]
+        return [_bounce(row) for row in rows]
 
     async def bounce(self, bounce_id: int) -> BounceRecord | None:
-        rows = await self._fetchall("SELECT email FROM bounces WHERE id = ?", (bounce_id,))
-        if not rows:
-            return None
-        return next((b for b in await self.bounces(email=rows[0][0], limit=10_000) if b.id == bounce_id), None)
+        rows = await self._fetchall(f"SELECT {_BOUNCE_COLUMNS} FROM bounces WHERE id = ?", (bounce_id,))
+        return _bounce(rows[0]) if rows else None
 
     async def undo_bounce(self, bounce_id: int, *, now: datetime) -> BounceRecord | None:
         """Reverse a bounce's suppression (an operator's correction), keeping the evidence."""

@@ -500,7 +500,7 @@ class SQLiteStore(BounceTables):
                 [
                     (
                         o.state.value,
-                        1 if o.state in attempted else 0,
+                        1 if o.state in attempted and o.attempted else 0,
                         ms(o.next_attempt_at) if o.next_attempt_at else None,
                         o.reply.code if o.reply else None,
                         o.reply.enhanced if o.reply else None,

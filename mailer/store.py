@@ -113,6 +113,7 @@ class Outcome:
     next_attempt_at: datetime | None = None
     detail: str = ""
     bounce: BounceRecord | None = None  # the classified refusal, written with the outcome
+    attempted: bool = True  # False when no SMTP transaction was tried (a pause, a build error)
 
 
 @dataclass(frozen=True)

@@ -30,10 +30,6 @@ class Signer:
         for key in keys:
             self._by_id.setdefault(_key_id(key), []).append(key)
 
-    @classmethod
-    def from_key_file_text(cls, text: str) -> Signer:
-        return cls([line.strip().encode() for line in text.splitlines() if line.strip() and not line.startswith("#")])
-
     def sign(self, purpose: str, payload: bytes) -> str:
         body = bytes([_key_id(self._current)]) + payload
         return _encode(body + _tag(self._current, purpose, payload))

@@ -125,9 +125,9 @@ async def preview(config: Config, *, scenario_name: str, step_id: str, email: st
             raise broken[0]
         raise ScenarioError(f"no scenario named {scenario_name!r}", file=str(config.scenarios), hint="known: " + ", ".join(sorted(by_name)) if by_name else None)
     scenario = by_name[scenario_name]
-    if step_id not in {s.id for s in scenario.steps}:
+    step = scenario.step(step_id)
+    if step is None:
         raise ScenarioError(f"no step {step_id!r}", file=scenario.file, field="steps", hint="steps: " + ", ".join(s.id for s in scenario.steps))
-    step = scenario.steps[scenario.step_index(step_id)]
 
     try:
         address = normalize_email(email)
