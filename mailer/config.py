@@ -121,6 +121,46 @@ class BouncesConfig:
 
 
 @dataclass(frozen=True)
+class TrackingConfig:
+    """The tracking and consent endpoints the daemon serves: pixel, click, unsubscribe, opt-in."""
+
+    enabled: bool = True
+    listen: str = "127.0.0.1:8080"  # loopback by default; put a TLS proxy in front in production
+    base_url: str = ""  # the public https://… base of every link; empty means http://<listen>
+    opens: bool = True  # insert the open pixel
+    clicks: bool = True  # rewrite http(s) links through the click redirect
+    unsubscribe_mailto: str = ""  # the List-Unsubscribe mailto; empty: unsubscribe+<token>@<bounces.domain>
+    scanner_seconds: float = 10.0  # a click this soon after sending is a link scanner's
+    queue_size: int = 10_000  # tracking events waiting to be written; beyond it the oldest are dropped
+    flush_seconds: float = 0.2  # how often waiting events are written (real time)
+    subscribe_per_hour: int = 10  # POST /subscribe allowed per client IP per hour
+
+    @property
+    def public_base(self) -> str:
+        return (self.base_url or f"http://{self.listen}").rstrip("/")
+
+
+@dataclass(frozen=True)
+class ListConfig:
+    """A mailing list's consent rules; scenarios enter leads from lists."""
+
+    title: str = ""  # the name recipients see on the subscribe and unsubscribe pages
+    double_opt_in: bool = False  # new subscribers confirm by email before they are mailed
+    confirm_within: timedelta = timedelta(days=7)  # how long a confirmation link works
+    sender: str = "default"  # the identity that sends the confirmation email
+
+
+@dataclass(frozen=True)
+class DKIMConfig:
+    """DKIM signing of every message (RFC 6376); empty key file: messages go unsigned."""
+
+    selector: str = "mailer"
+    private_key_file: str = ""  # PEM RSA key (2048 bits or more); `mailer init` writes one
+    ed25519_key_file: str = ""  # optional second signature, ed25519-sha256 (RFC 8463)
+    domain: str = ""  # d=; empty means each identity's From domain (aligned for DMARC)
+
+
+@dataclass(frozen=True)
 class Config:
     path: Path | None = None  # the file this came from; None for the embedded defaults
     store: Path = Path("mailer.db")
@@ -137,6 +177,13 @@ class Config:
     clock: ClockConfig = ClockConfig()
     scheduler: SchedulerConfig = SchedulerConfig()
     bounces: BouncesConfig = BouncesConfig()
+    tracking: TrackingConfig = TrackingConfig()
+    lists: dict[str, ListConfig] = field(default_factory=dict)
+    dkim: DKIMConfig = DKIMConfig()
+
+    def list_config(self, name: str) -> ListConfig:
+        """A list's rules; a list mailer.toml does not name has the defaults."""
+        return self.lists.get(name) or ListConfig(title=name)
 
     def secret_keys(self) -> list[bytes]:
         """Every key in the key file, the current one first (older ones verify old links)."""
@@ -171,6 +218,8 @@ _SECTIONS: dict[str, type] = {
     "clock": ClockConfig,
     "scheduler": SchedulerConfig,
     "bounces": BouncesConfig,
+    "tracking": TrackingConfig,
+    "dkim": DKIMConfig,
 }
 _PATH_KEYS = ("store", "scenarios", "templates", "secret_key_file")
 _TYPE_WORDS = {str: "a string", int: "a whole number", float: "a number", bool: "true or false"}
@@ -209,11 +258,17 @@ def parse_config(raw: dict[str, Any], *, text: str = "", path: Path | None = Non
             values[key] = _section(_SECTIONS[key], value, key, where)
         elif key == "identities":
             values[key] = _identities(value, where)
+        elif key == "lists":
+            values[key] = _lists(value, where)
         else:
-            raise where.unknown(key, [*_PATH_KEYS, *_SECTIONS, "identities"])
+            raise where.unknown(key, [*_PATH_KEYS, *_SECTIONS, "identities", "lists"])
     for key in _PATH_KEYS:
         values.setdefault(key, base / getattr(Config, key))
     config = Config(**values)
+    for name in ("private_key_file", "ed25519_key_file"):
+        value = getattr(config.dkim, name)
+        if value and not Path(value).is_absolute():
+            config = dataclasses.replace(config, dkim=dataclasses.replace(config.dkim, **{name: str(base / value)}))
     if config.relay.ca_file and not Path(config.relay.ca_file).is_absolute():
         config = dataclasses.replace(config, relay=dataclasses.replace(config.relay, ca_file=str(base / config.relay.ca_file)))
     if config.relay.tls not in ("none", "starttls", "implicit"):
@@ -249,7 +304,40 @@ def parse_config(raw: dict[str, Any], *, text: str = "", path: Path | None = Non
             raise where.error(dotted, "must be at least 1s", "e.g. 1m, 4h or 4d")
     if config.bounces.soft_limit < 1:
         raise where.error("bounces.soft_limit", "must be at least 1", "")
+    _check_tracking(config.tracking, where)
+    for name, list_config in config.lists.items():
+        if list_config.sender not in config.identities:
+            raise where.error(f"lists.{name}.sender", f"no identity named {list_config.sender!r}", "name one of [identities.*]")
     return config
+
+
+def _check_tracking(tracking: TrackingConfig, where: _Locator) -> None:
+    host, _, port = tracking.listen.rpartition(":")
+    if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise where.error("tracking.listen", f"not HOST:PORT: {tracking.listen!r}", 'write e.g. "127.0.0.1:8080"')
+    if tracking.base_url and not re.fullmatch(r"https?://[^\s/?#]+(/[^\s?#]*)?", tracking.base_url):
+        raise where.error("tracking.base_url", f"not an http(s) base URL: {tracking.base_url!r}", 'write e.g. "https://t.acme.example"')
+    if tracking.unsubscribe_mailto and not _is_address(tracking.unsubscribe_mailto):
+        raise where.error("tracking.unsubscribe_mailto", "not an email address", 'write e.g. "unsubscribe@acme.example"')
+    for name in ("queue_size", "subscribe_per_hour"):
+        if getattr(tracking, name) < 1:
+            raise where.error(f"tracking.{name}", "must be at least 1", "")
+    for name in ("scanner_seconds", "flush_seconds"):
+        if getattr(tracking, name) <= 0:
+            raise where.error(f"tracking.{name}", "must be more than 0", "")
+
+
+def _lists(value: Any, where: _Locator) -> dict[str, ListConfig]:
+    table = _expect(value, dict, "lists", where)
+    lists = {}
+    for name, section in table.items():
+        list_config = _section(ListConfig, section, f"lists.{name}", where)
+        if not list_config.title:
+            list_config = dataclasses.replace(list_config, title=name)
+        if list_config.confirm_within < timedelta(minutes=1):
+            raise where.error(f"lists.{name}.confirm_within", "must be at least 1m", 'e.g. "7d"')
+        lists[name] = list_config
+    return lists
 
 
 def _identities(value: Any, where: _Locator) -> dict[str, IdentityConfig]:
@@ -406,4 +494,26 @@ local_part = "bounces"
 listen = "127.0.0.1:2525"        # the daemon's inbound SMTP listener for that domain
 soft_limit = 3                   # this many soft bounces within soft_window suppress an address
 soft_window = "7d"
+
+[tracking]                       # open pixel, click redirect, unsubscribe and opt-in pages
+enabled = true
+listen = "127.0.0.1:8080"        # served by `mailer serve`; loopback unless you mean otherwise
+base_url = ""                    # public base of links, e.g. "https://t.acme.example"
+opens = true                     # insert the open pixel
+clicks = true                    # rewrite http(s) links through the click redirect
+unsubscribe_mailto = ""          # List-Unsubscribe mailto; empty = unsubscribe+<token>@<bounces.domain>
+scanner_seconds = 10             # a click this soon after sending counts as a link scanner's
+subscribe_per_hour = 10          # form posts allowed per client IP per hour
+
+[dkim]                           # sign every message (RFC 6376); empty key file = unsigned
+selector = "mailer"
+private_key_file = ""            # PEM RSA key, e.g. "dkim.pem"
+ed25519_key_file = ""            # optional second signature (RFC 8463)
+domain = ""                      # d=; empty = each identity's From domain
+
+# [lists.newsletter]             # consent rules of a list that scenarios enter from
+# title = "Acme newsletter"
+# double_opt_in = true           # subscribers confirm by email first
+# confirm_within = "7d"
+# sender = "default"
 """

@@ -30,18 +30,23 @@ class Signer:
         for key in keys:
             self._by_id.setdefault(_key_id(key), []).append(key)
 
-    def sign(self, purpose: str, payload: bytes) -> str:
-        body = bytes([_key_id(self._current)]) + payload
-        return _encode(body + _tag(self._current, purpose, payload))
+    def sign(self, purpose: str, payload: bytes, *, associated: bytes = b"") -> str:
+        """A token carrying `payload`; the tag also covers `associated`, which travels apart.
 
-    def verify(self, purpose: str, token: str) -> bytes | None:
+        A click token signs its destination URL as associated data: the URL stays readable
+        in the link's query string, and a swapped URL no longer verifies.
+        """
+        body = bytes([_key_id(self._current)]) + payload
+        return _encode(body + _tag(self._current, purpose, payload, associated))
+
+    def verify(self, purpose: str, token: str, *, associated: bytes = b"") -> bytes | None:
         """The payload of a genuine token for `purpose`, or None for anything else."""
         raw = _decode(token)
         if raw is None or len(raw) < 1 + TAG_BYTES:
             return None
         key_id, payload, tag = raw[0], raw[1:-TAG_BYTES], raw[-TAG_BYTES:]
         for key in self._by_id.get(key_id, ()):
-            if hmac.compare_digest(tag, _tag(key, purpose, payload)):
+            if hmac.compare_digest(tag, _tag(key, purpose, payload, associated)):
                 return payload
         return None
 
@@ -57,8 +62,10 @@ def _key_id(key: bytes) -> int:
     return hashlib.sha256(key).digest()[0]
 
 
-def _tag(key: bytes, purpose: str, payload: bytes) -> bytes:
-    return hmac.new(key, purpose.encode() + b"\x00" + payload, hashlib.sha256).digest()[:TAG_BYTES]
+def _tag(key: bytes, purpose: str, payload: bytes, associated: bytes = b"") -> bytes:
+    # The payload's length is fixed by the token, so payload ‖ associated is unambiguous.
+    message = purpose.encode() + b"\x00" + len(payload).to_bytes(2, "big") + payload + associated
+    return hmac.new(key, message, hashlib.sha256).digest()[:TAG_BYTES]
 
 
 def _encode(raw: bytes) -> str:
