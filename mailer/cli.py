@@ -18,6 +18,7 @@ from pathlib import Path
 
 from mailer.clock import AcceleratedClock, Clock, SystemClock
 from mailer.config import CONFIG_NAME, STARTER_CONFIG, Config, load_config
+from mailer.consent import REASONS
 from mailer.errors import ConfigError, MailerError, UserError
 from mailer.store import BounceRecord
 
@@ -80,7 +81,11 @@ def _parser() -> argparse.ArgumentParser:
     lead_commands = leads.add_subparsers(dest="leads_command", metavar="ACTION", required=True)
     import_ = lead_commands.add_parser("import", help="import or update leads from a CSV file")
     import_.add_argument("file", type=Path)
-    import_.add_argument("--list", dest="list_name", default=None, help="add the leads to this list")
+    import_.add_argument(
+        "--list", dest="list_name", default=None,
+        help="add the leads to this list as confirmed members: importing them says they consented "
+        "(recorded as 'imported' evidence naming the file); suppressions stay",
+    )
     import_.add_argument("--source", default=None, help="where these leads came from (流入元)")
     import_.add_argument("--check-deliverability", action="store_true", help="also check each domain in DNS")
     import_.add_argument("--strict", action="store_true", help="import nothing if any row is rejected")
@@ -102,14 +107,67 @@ def _parser() -> argparse.ArgumentParser:
     undo.add_argument("target", help="a bounce id, or an address to lift every bounce suppression of")
     undo.set_defaults(run=_bounces_undo)
 
+    suppress = commands.add_parser("suppress", help="the suppression list: add, remove, list, import, export")
+    suppress_commands = suppress.add_subparsers(dest="suppress_command", metavar="ACTION", required=True)
+
+    def scope_and_reason(action: argparse.ArgumentParser, *, reason: bool = True) -> None:
+        action.add_argument("--list", dest="list_name", default="", help="only for this list (default: every list)")
+        if reason:
+            action.add_argument("--reason", choices=REASONS, default="manual", help="why (default manual)")
+
+    s_add = suppress_commands.add_parser("add", help="never mail these addresses (again)")
+    s_add.add_argument("emails", nargs="+", metavar="EMAIL")
+    scope_and_reason(s_add)
+    s_add.add_argument("--note", default="", help="a note kept with the suppression")
+    s_add.set_defaults(run=_suppress_add)
+    s_remove = suppress_commands.add_parser("remove", help="lift an address's suppression (for one list, or global)")
+    s_remove.add_argument("email", metavar="EMAIL")
+    scope_and_reason(s_remove, reason=False)
+    s_remove.set_defaults(run=_suppress_remove)
+    s_list = suppress_commands.add_parser("list", help="the latest suppressions")
+    s_list.add_argument("--reason", choices=REASONS, default=None)
+    s_list.add_argument("--list", dest="list_name", default=None, help="only this list ('' for global ones)")
+    s_list.add_argument("--limit", type=int, default=50)
+    s_list.set_defaults(run=_suppress_list)
+    s_import = suppress_commands.add_parser("import", help="suppress the addresses of a CSV (column email)")
+    s_import.add_argument("file", type=Path)
+    scope_and_reason(s_import)
+    s_import.set_defaults(run=_suppress_import)
+    s_export = suppress_commands.add_parser("export", help="every suppression as CSV (safe to open in a spreadsheet)")
+    s_export.add_argument("--out", type=Path, default=None, help="write to this file (default: stdout)")
+    s_export.set_defaults(run=_suppress_export)
+
+    report = commands.add_parser("report", help="per scenario and step: sent, delivered, bounces, opens, clicks, unsubscribes")
+    report.add_argument("scenario", nargs="?", default=None, metavar="SCENARIO")
+    report_format = report.add_mutually_exclusive_group()
+    report_format.add_argument("--json", action="store_true", help="print JSON")
+    report_format.add_argument("--csv", action="store_true", help="print CSV (formula-safe)")
+    report.set_defaults(run=_report)
+
     status = commands.add_parser("status", help="count leads, enrollments and messages by state")
     status.set_defaults(run=_status)
+
+    warmup = commands.add_parser("warmup", help="sending IPs' warm-up budgets and throttles")
+    warmup_commands = warmup.add_subparsers(dest="warmup_command", metavar="ACTION", required=True)
+    w_status = warmup_commands.add_parser("status", help="each IP and provider: day, caps, use, state, last decision")
+    w_status.add_argument("--json", action="store_true", help="as JSON")
+    w_status.set_defaults(run=_warmup_status)
 
     demo = commands.add_parser("demo", help="run a week of nurture against an embedded SMTP server")
     demo.add_argument("--workspace", type=Path, default=None, help="where to write (default: a new temp dir)")
     demo.add_argument("--days", type=float, default=10.0, help="at most this many days of nurture (it stops once all is sent)")
     demo.add_argument("--seconds", type=float, default=20.0, help="how many real seconds those days take")
     demo.set_defaults(run=_demo)
+
+    check = commands.add_parser("check-domain", help="check a sending domain's SPF, DKIM, DMARC, MX and reverse DNS")
+    check.add_argument("domain", help="the From domain, e.g. acme.example")
+    check.add_argument("--ip", default=None, help="the IP address mail leaves from (for SPF and reverse DNS)")
+    check.add_argument("--selector", default=None, help="the DKIM selector (default: [dkim] selector when a key is configured)")
+    check.add_argument("--dkim-key", type=Path, default=None, help="the DKIM private key (PEM) to compare with DNS")
+    check.add_argument("--return-path-domain", default=None, help="the envelope sender's domain (default: DOMAIN)")
+    check.add_argument("--nameserver", default=None, metavar="HOST[:PORT]", help="ask this DNS server, not the system's")
+    check.add_argument("--json", action="store_true", help="print the report as JSON")
+    check.set_defaults(run=_check_domain)
     return parser
 
 
@@ -350,6 +408,78 @@ def _bounces_undo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _suppress_add(args: argparse.Namespace) -> int:
+    from mailer import suppressing
+
+    config = load(args, required=True)
+    return asyncio.run(suppressing.add(config, emails=args.emails, list_name=args.list_name, reason=args.reason, note=args.note))
+
+
+def _suppress_remove(args: argparse.Namespace) -> int:
+    from mailer import suppressing
+
+    return asyncio.run(suppressing.remove(load(args, required=True), email=args.email, list_name=args.list_name))
+
+
+def _suppress_list(args: argparse.Namespace) -> int:
+    from mailer import suppressing
+
+    config = load(args, required=True)
+    return asyncio.run(suppressing.show(config, reason=args.reason, list_name=args.list_name, limit=args.limit))
+
+
+def _suppress_import(args: argparse.Namespace) -> int:
+    from mailer import suppressing
+
+    config = load(args, required=True)
+    return asyncio.run(suppressing.import_file(config, path=args.file, list_name=args.list_name, reason=args.reason))
+
+
+def _suppress_export(args: argparse.Namespace) -> int:
+    from mailer import suppressing
+
+    return asyncio.run(suppressing.export(load(args, required=True), out=args.out))
+
+
+def _report(args: argparse.Namespace) -> int:
+    from mailer.report import build_report, format_csv, format_json, format_table
+    from mailer.scenario import load_scenarios
+    from mailer.store import StepFigures, open_store
+
+    config = load(args, required=True)
+    # Loaded only to order the steps (and show unsent ones); a broken file is `validate`'s business.
+    scenarios, _ = load_scenarios(config.scenarios, identities=config.identities, templates_dir=config.templates)
+    order = {scenario.name: [step.id for step in scenario.steps] for scenario in scenarios}
+
+    async def run() -> list[StepFigures]:
+        async with open_store(config) as store:
+            return await store.step_figures(args.scenario)
+
+    rows = build_report(asyncio.run(run()), step_order=order, scenario=args.scenario)
+    if args.scenario is not None and not rows:
+        known = ", ".join(order) or "none loaded"
+        raise UserError(f"no scenario named {args.scenario!r}", field="SCENARIO", hint=f"scenarios: {known}")
+    print(format_json(rows) if args.json else format_csv(rows) if args.csv else format_table(rows), end="" if args.csv else "\n")
+    return 0
+
+
+def _warmup_status(args: argparse.Namespace) -> int:
+    from mailer.store import open_store
+    from mailer.warmup import WarmupPlan
+    from mailer.warmupshell import load_budget, render_status, status_json
+
+    config = load(args, required=True)
+    now = make_clock(config).now()  # the daemon's clock: an accelerated demo shows its own day
+
+    async def run() -> str:
+        async with open_store(config) as store:
+            rows = (await load_budget(store, WarmupPlan.from_config(config), now)).status(now)
+        return status_json(rows) if args.json else render_status(rows, now)
+
+    print(asyncio.run(run()))
+    return 0
+
+
 def _counts(counts: dict[str, int]) -> str:
     return ", ".join(f"{state} {count}" for state, count in sorted(counts.items())) or "none"
 
@@ -359,6 +489,31 @@ def _demo(args: argparse.Namespace) -> int:
 
     logging.getLogger("mailer").setLevel(logging.WARNING)  # the demo prints its own story
     return asyncio.run(run_demo(workspace=args.workspace, days=args.days, seconds=args.seconds))
+
+
+def _check_domain(args: argparse.Namespace) -> int:
+    from mailer.domaincheck import check_domain, format_report, make_resolver
+
+    # Inside a workspace, mailer.toml supplies the facts DNS cannot show: relay TLS, the DKIM key.
+    config = load(args)
+    configured = config.path is not None
+    key_file = config.dkim.private_key_file if configured else ""
+    selector = args.selector or (config.dkim.selector if key_file else None)
+    dkim_key = args.dkim_key or (Path(key_file) if key_file and selector == config.dkim.selector else None)
+    report = asyncio.run(
+        check_domain(
+            args.domain,
+            resolver=make_resolver(args.nameserver),
+            ip=args.ip,
+            selector=selector,
+            dkim_key=dkim_key,
+            return_path_domain=args.return_path_domain,
+            relay_tls=config.relay.tls != "none" if configured else None,
+            helo=config.relay.helo if configured else "",
+        )
+    )
+    print(report.to_json() if args.json else format_report(report))
+    return 0 if report.ready else 1
 
 
 def now_utc() -> datetime:

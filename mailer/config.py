@@ -9,16 +9,18 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import ipaddress
 import re
 import tomllib
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from email.utils import parseaddr
 from pathlib import Path
 from typing import Any, get_type_hints
 
 from mailer.durations import parse_duration
 from mailer.errors import ConfigError
+from mailer.providers import DEFAULT_LIMITS, DEFAULT_SHARES, PROVIDERS, ProviderLimits
 
 CONFIG_NAME = "mailer.toml"
 
@@ -76,6 +78,10 @@ class DeliveryConfig:
     concurrency: int = 4  # SMTP connections open at once
     messages_per_connection: int = 100
     batch_size: int = 200  # messages claimed from the store per round
+    mode: str = "relay"  # relay: everything to [relay]; direct: to each domain's MX hosts
+    helo: str = ""  # direct mode's EHLO name (match the sending IP's PTR); empty: this host's FQDN
+    require_tls: bool = False  # direct mode: never deliver without STARTTLS (any certificate)
+    mta_sts: bool = True  # direct mode: honour recipient domains' MTA-STS policies (RFC 8461)
 
 
 @dataclass(frozen=True)
@@ -161,6 +167,35 @@ class DKIMConfig:
 
 
 @dataclass(frozen=True)
+class WarmupConfig:
+    """The warm-up of new sending IPs and the throttle that answers receivers (mailer.warmup)."""
+
+    enabled: bool = False  # off: no daily or hourly caps; provider rate limits and pauses still apply
+    schedule: tuple[int, ...] = ()  # daily caps from day 1; empty ("default") = 50 a day, ×1.5 daily, 30 days
+    spread_hours: int = 12  # hourly cap = daily cap / spread_hours …
+    min_hourly: int = 10  # … but at least this many
+    shares: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_SHARES))  # most of a day one provider may take
+    clean_messages: int = 50  # accepted messages …
+    clean_period: timedelta = timedelta(minutes=30)  # … or time without a refusal that raise a slowed rate
+    repeat_window: timedelta = timedelta(minutes=30)  # refusals this close together …
+    pause_after: int = 3  # … this many times pause the provider
+    first_pause: timedelta = timedelta(minutes=30)
+    max_pause: timedelta = timedelta(hours=4)
+    complaint_warn: float = 0.001  # Gmail: keep spam rates below 0.10% …
+    complaint_stop: float = 0.003  # … and never reach 0.30% (support.google.com/mail/answer/81126)
+
+
+@dataclass(frozen=True)
+class SendingIPConfig:
+    """A sending IP address ([ips.NAME]) and its warm-up."""
+
+    address: str = ""  # the local address connections leave from (aiosmtplib source_address); empty: the system's
+    helo: str = ""  # the EHLO name for this IP (its PTR name); empty: [delivery] / [relay] helo
+    warmup: bool = True  # false for an IP that is already warm
+    warmup_start: str = ""  # the first day it sends, e.g. "2026-01-05" (needed when [warmup] is enabled)
+
+
+@dataclass(frozen=True)
 class Config:
     path: Path | None = None  # the file this came from; None for the embedded defaults
     store: Path = Path("mailer.db")
@@ -180,6 +215,10 @@ class Config:
     tracking: TrackingConfig = TrackingConfig()
     lists: dict[str, ListConfig] = field(default_factory=dict)
     dkim: DKIMConfig = DKIMConfig()
+    warmup: WarmupConfig = WarmupConfig()
+    # no [ips]: one IP, the system's address, not warming: sending as before warm-up existed
+    ips: dict[str, SendingIPConfig] = field(default_factory=lambda: {"default": SendingIPConfig(warmup=False)})
+    providers: dict[str, ProviderLimits] = field(default_factory=lambda: dict(DEFAULT_LIMITS))
 
     def list_config(self, name: str) -> ListConfig:
         """A list's rules; a list mailer.toml does not name has the defaults."""
@@ -221,6 +260,8 @@ _SECTIONS: dict[str, type] = {
     "tracking": TrackingConfig,
     "dkim": DKIMConfig,
 }
+# RFC 1035 2.3.1 labels (letters, digits, hyphens; 63 octets), at least two of them
+_HOSTNAME = re.compile(r"(?=.{1,253}$)(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
 _PATH_KEYS = ("store", "scenarios", "templates", "secret_key_file")
 _TYPE_WORDS = {str: "a string", int: "a whole number", float: "a number", bool: "true or false"}
 
@@ -260,8 +301,10 @@ def parse_config(raw: dict[str, Any], *, text: str = "", path: Path | None = Non
             values[key] = _identities(value, where)
         elif key == "lists":
             values[key] = _lists(value, where)
+        elif key in _WARMUP_TABLES:
+            values[key] = _WARMUP_TABLES[key](value, where)
         else:
-            raise where.unknown(key, [*_PATH_KEYS, *_SECTIONS, "identities", "lists"])
+            raise where.unknown(key, [*_PATH_KEYS, *_SECTIONS, "identities", "lists", *_WARMUP_TABLES])
     for key in _PATH_KEYS:
         values.setdefault(key, base / getattr(Config, key))
     config = Config(**values)
@@ -289,6 +332,10 @@ def parse_config(raw: dict[str, Any], *, text: str = "", path: Path | None = Non
     for name in ("concurrency", "messages_per_connection", "batch_size"):
         if getattr(config.delivery, name) < 1:
             raise where.error(f"delivery.{name}", "must be at least 1", "")
+    if config.delivery.mode not in ("relay", "direct"):
+        raise where.error("delivery.mode", f"unknown delivery mode {config.delivery.mode!r}", 'use "relay" or "direct"')
+    if config.delivery.helo and not _HOSTNAME.fullmatch(config.delivery.helo):
+        raise where.error("delivery.helo", f"not a host name: {config.delivery.helo!r}", 'write the sending IP\'s PTR name, e.g. "mail.acme.example"')
     if not 1 <= config.relay.port <= 65535:
         raise where.error("relay.port", f"{config.relay.port} is not a TCP port", "use 25, 587 or 465, or your relay's port")
     for name in ("connect", "mail", "rcpt", "data"):
@@ -305,10 +352,101 @@ def parse_config(raw: dict[str, Any], *, text: str = "", path: Path | None = Non
     if config.bounces.soft_limit < 1:
         raise where.error("bounces.soft_limit", "must be at least 1", "")
     _check_tracking(config.tracking, where)
+    _check_warmup(config, where)
     for name, list_config in config.lists.items():
         if list_config.sender not in config.identities:
             raise where.error(f"lists.{name}.sender", f"no identity named {list_config.sender!r}", "name one of [identities.*]")
     return config
+
+
+def _warmup(value: Any, where: _Locator) -> WarmupConfig:
+    table = dict(_expect(value, dict, "warmup", where))
+    schedule, shares = table.pop("schedule", "default"), table.pop("shares", None)
+    warmup: WarmupConfig = _section(WarmupConfig, table, "warmup", where)
+    if schedule != "default":
+        if not isinstance(schedule, list) or not schedule or not all(type(cap) is int and cap > 0 for cap in schedule):
+            raise where.error("warmup.schedule", f"not a list of daily caps: {schedule!r}", 'write e.g. [50, 75, 110, 170] or "default"')
+        for day, (before, cap) in enumerate(zip(schedule, schedule[1:]), start=2):
+            if cap < before:  # a ramp that shrinks is a typo, not a plan
+                raise where.error("warmup.schedule", f"day {day}'s cap {cap} is below day {day - 1}'s {before}", "a warm-up ramp only grows")
+        warmup = dataclasses.replace(warmup, schedule=tuple(schedule))
+    if shares is not None:
+        written = _expect(shares, dict, "warmup.shares", where)
+        for name, share in written.items():
+            if name not in PROVIDERS:
+                raise where.unknown(f"warmup.shares.{name}", [f"warmup.shares.{p}" for p in PROVIDERS])
+            if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 < share <= 1:
+                raise where.error(f"warmup.shares.{name}", f"not a share between 0 and 1: {share!r}", "e.g. 0.4 lets it take 40% of a day's cap")
+        warmup = dataclasses.replace(warmup, shares={**DEFAULT_SHARES, **{k: float(v) for k, v in written.items()}})
+    return warmup
+
+
+def _ips(value: Any, where: _Locator) -> dict[str, SendingIPConfig]:
+    table = _expect(value, dict, "ips", where)
+    ips: dict[str, SendingIPConfig] = {}
+    addresses: dict[str, str] = {}
+    for name, section in table.items():
+        ip = _section(SendingIPConfig, section, f"ips.{name}", where)
+        if ip.address:
+            try:
+                address = str(ipaddress.ip_address(ip.address))
+            except ValueError:
+                raise where.error(f"ips.{name}.address", f"not an IP address: {ip.address!r}", 'write e.g. "192.0.2.10" or "2001:db8::10"') from None
+            if address in addresses:
+                raise where.error(f"ips.{name}.address", f"{address} is also [ips.{addresses[address]}]", "each sending IP once")
+            addresses[address] = name
+        if ip.warmup_start:
+            try:
+                date.fromisoformat(ip.warmup_start)
+            except ValueError:
+                raise where.error(f"ips.{name}.warmup_start", f"not a date: {ip.warmup_start!r}", 'write e.g. "2026-01-05"') from None
+        ips[name] = ip
+    if not ips:
+        raise where.error("ips", "no sending IP", "add an [ips.main] table, or remove [ips] to send from the system's address")
+    return ips
+
+
+def _providers(value: Any, where: _Locator) -> dict[str, ProviderLimits]:
+    table = _expect(value, dict, "providers", where)
+    limits = dict(DEFAULT_LIMITS)
+    for name, section in table.items():
+        if name not in PROVIDERS:
+            raise where.unknown(f"providers.{name}", [f"providers.{p}" for p in PROVIDERS])
+        written = _section(ProviderLimits, section, f"providers.{name}", where)
+        keys = _expect(section, dict, f"providers.{name}", where)
+        for key in keys:
+            if getattr(written, key) < (0 if key == "per_minute" else 1):
+                raise where.error(f"providers.{name}.{key}", "must be at least " + ("0 (no limit)" if key == "per_minute" else "1"), "")
+        limits[name] = dataclasses.replace(limits[name], **{key: getattr(written, key) for key in keys})
+    return limits
+
+
+_WARMUP_TABLES: dict[str, Any] = {"warmup": _warmup, "ips": _ips, "providers": _providers}
+
+
+def _check_warmup(config: Config, where: _Locator) -> None:
+    warmup = config.warmup
+    for name in ("spread_hours", "min_hourly", "clean_messages", "pause_after"):
+        if getattr(warmup, name) < 1:
+            raise where.error(f"warmup.{name}", "must be at least 1", "")
+    if warmup.spread_hours > 24:
+        raise where.error("warmup.spread_hours", "a day has 24 hours", "12 spreads a day's cap over at least 12 hours")
+    for name in ("clean_period", "repeat_window", "first_pause", "max_pause"):
+        if getattr(warmup, name) < timedelta(minutes=1):
+            raise where.error(f"warmup.{name}", "must be at least 1m", 'e.g. "30m"')
+    if warmup.max_pause < warmup.first_pause:
+        raise where.error("warmup.max_pause", "is shorter than first_pause", "pauses grow from first_pause up to max_pause")
+    if not 0 < warmup.complaint_warn <= warmup.complaint_stop < 1:
+        raise where.error("warmup.complaint_stop", "must be above complaint_warn and below 1", "Gmail's are 0.001 (warn) and 0.003 (stop)")
+    if warmup.enabled:
+        if not any(ip.warmup for ip in config.ips.values()):
+            raise where.error("warmup.enabled", "no sending IP is warming", 'add [ips.main] with address and warmup_start = "2026-01-05"')
+        for name, ip in config.ips.items():
+            if ip.warmup and not ip.warmup_start:
+                raise where.error(
+                    f"ips.{name}.warmup_start", "a warming IP needs the day it started",
+                    'write e.g. warmup_start = "2026-01-05", or warmup = false for an IP that is already warm',
+                )
 
 
 def _check_tracking(tracking: TrackingConfig, where: _Locator) -> None:
@@ -433,8 +571,10 @@ class _Locator:
         return ConfigError(problem, file=self.file, line=self.line_of(dotted), field=dotted, hint=hint or None)
 
     def unknown(self, dotted: str, valid: list[str]) -> ConfigError:
-        close = difflib.get_close_matches(dotted, valid, n=1)
-        hint = f"did you mean {close[0]}?" if close else "valid keys: " + ", ".join(valid)
+        # compare the last names only: a shared "delivery." prefix makes any two keys look alike
+        leaves = {key.rpartition(".")[2]: key for key in valid}
+        close = difflib.get_close_matches(dotted.rpartition(".")[2], list(leaves), n=1)
+        hint = f"did you mean {leaves[close[0]]}?" if close else "valid keys: " + ", ".join(valid)
         return self.error(dotted, "unknown key", hint)
 
 
@@ -467,6 +607,10 @@ domain = ""                      # Message-ID domain; empty = the From address's
 concurrency = 4                  # SMTP connections open at once
 messages_per_connection = 100
 batch_size = 200
+mode = "relay"                   # "relay" ([relay] above) or "direct" (to each domain's MX hosts)
+helo = ""                        # direct: EHLO name, the sending IP's PTR name; empty = this host's
+require_tls = false              # direct: refuse to deliver without STARTTLS
+mta_sts = true                   # direct: honour MTA-STS policies (RFC 8461)
 
 [timeouts]                       # seconds; defaults are RFC 5321 4.5.3.2's minimums
 connect = 300
@@ -510,6 +654,38 @@ selector = "mailer"
 private_key_file = ""            # PEM RSA key, e.g. "dkim.pem"
 ed25519_key_file = ""            # optional second signature (RFC 8463)
 domain = ""                      # d=; empty = each identity's From domain
+
+[warmup]                         # new sending IPs: daily caps that grow, split across providers
+enabled = false                  # true: IPs with warmup_start follow the schedule (see `mailer warmup status`)
+schedule = "default"             # or daily caps from day 1, e.g. [50, 75, 110, 170]; "default": 50, ×1.5 a day, 30 days
+spread_hours = 12                # hourly cap = daily cap / spread_hours …
+min_hourly = 10                  # … but at least this
+clean_messages = 50              # after a 421, this many accepted …
+clean_period = "30m"             # … or this long without one raise the rate a step
+repeat_window = "30m"            # pause_after refusals within this pause the provider
+pause_after = 3
+first_pause = "30m"              # pauses double from here …
+max_pause = "4h"                 # … up to here
+complaint_warn = 0.001           # Gmail's spam-rate guidance: under 0.1% …
+complaint_stop = 0.003           # … never 0.3%
+
+# [warmup.shares]                # the most of an IP's day one provider may take (defaults shown)
+# gmail = 0.4
+# microsoft = 0.3
+# yahoo = 0.15
+# apple = 0.1
+# other = 0.5                    # also every provider without a share of its own
+
+# [ips.main]                     # a sending IP; without any [ips], the system's address, not warming
+# address = "192.0.2.10"         # the local address connections leave from
+# helo = "mail.acme.example"     # its PTR name
+# warmup = true                  # false for an IP that is already warm
+# warmup_start = "2026-01-05"    # its first sending day
+
+# [providers.microsoft]          # limits per sending IP for a receiving provider (0: none)
+# concurrency = 5
+# per_connection = 50
+# per_minute = 300
 
 # [lists.newsletter]             # consent rules of a list that scenarios enter from
 # title = "Acme newsletter"

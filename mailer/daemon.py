@@ -26,6 +26,7 @@ from mailer.conditions import Engagement
 from mailer.config import Config, IdentityConfig
 from mailer.errors import HeaderInjectionError, MailerError, ScenarioError, TemplateError
 from mailer.lifecycle import MessageState
+from mailer.links import Links
 from mailer.compose import Composer
 from mailer.mime import make_message_id, wire_address
 from mailer.planner import Decision, plan
@@ -87,7 +88,9 @@ class Daemon:
         self.store = store
         self.clock = clock
         self.transport = transport or SMTPTransport(config.relay, config.timeouts)
-        self.composer = Composer(Renderer(config.templates), config.identities)
+        # Every message's links (pixel, clicks, unsubscribe) are signed with the workspace key.
+        self.links = Links(Signer(config.secret_keys()), config.tracking.public_base)
+        self.composer = Composer(Renderer(config.templates), config.identities, links=self.links, config=config)
         self.retry = RetryPolicy.from_config(config.retry)
         self.bounce_policy = BouncePolicy(config.bounces.soft_limit, config.bounces.soft_window)
         self.cooldowns = ProviderCooldowns()
@@ -238,7 +241,7 @@ class Daemon:
                     step_index=enrollment.step_index,
                     lead=enrollment.lead,
                     engagement=engagement[enrollment.id],
-                    suppressed=enrollment.suppressed,
+                    suppressed=enrollment.suppressed_for(scenario.entry.list_name),
                     now=now,
                     previous_pending_until=enrollment.previous_pending_until,
                 )
@@ -339,9 +342,11 @@ class Daemon:
     async def _attempt(self, message: ClaimedMessage, connection: SMTPConnection) -> tuple[Outcome, str]:
         now = self.clock.now()
         lead = message.lead
-        if message.suppressed:
-            return self._outcome(message, MessageState.SUPPRESSED, now, detail="address is suppressed"), ""
         scenario = self.scenarios.get(message.scenario)
+        # The last check, just before sending: a suppression that landed after the message
+        # was queued stops it here (a confirmation is judged for its own list).
+        if message.suppressed_for(scenario.entry.list_name if scenario is not None else None):
+            return self._outcome(message, MessageState.SUPPRESSED, now, detail="address is suppressed"), ""
         step = scenario.step(message.step_id) if scenario is not None else None
         if scenario is None or step is None:
             # The file is broken or gone for now: keep the message and try it later.
@@ -353,7 +358,7 @@ class Daemon:
                 message, MessageState.DEFERRED, now, next_attempt_at=paused, detail="provider paused after refusing us", attempted=False
             ), ""
         try:
-            composed = self.composer.compose(scenario, step, lead, message_id=message.message_id, now=now)
+            composed = self.composer.compose(scenario, step, lead, message_id=message.message_id, now=now, message_row=message.id)
         except (TemplateError, HeaderInjectionError, MailerError) as error:
             log.error("message %s cannot be built: %s", message.message_id, error)
             return self._outcome(message, MessageState.FAILED, now, detail=str(error)), ""

@@ -26,9 +26,12 @@ def read_with_progress(path: Path, *, source: str | None, check_deliverability: 
         return read_leads_csv(path, source=source, check_deliverability=check_deliverability, on_row=advance)
 
 
-async def write_plan(config: Config, plan: ImportPlan, *, list_name: str | None) -> UpsertCounts:
+async def write_plan(config: Config, plan: ImportPlan, *, list_name: str | None, consent_source: str = "") -> UpsertCounts:
+    """Write the leads; list members are confirmed, with 'imported' evidence naming `consent_source`."""
     async with open_store(config) as store:
-        return await store.upsert_leads(plan.leads, list_name=list_name, now=datetime.now(timezone.utc))
+        return await store.upsert_leads(
+            plan.leads, list_name=list_name, now=datetime.now(timezone.utc), consent_source=consent_source
+        )
 
 
 async def import_leads(
@@ -47,7 +50,7 @@ async def import_leads(
     if strict and plan.rejected:
         print(f"mailer: error: {len(plan.rejected)} rows rejected; nothing imported (--strict)", file=sys.stderr)
         return EXIT_REJECTED_ROWS
-    counts = await write_plan(config, plan, list_name=list_name)
+    counts = await write_plan(config, plan, list_name=list_name, consent_source=str(path))
     listed = f", {counts.added_to_list} added to list {list_name!r}" if list_name else ""
     print(
         f"{path}: {plan.rows} rows: {counts.created} leads created, {counts.updated} updated"

@@ -27,7 +27,6 @@ from mailer.links import Links
 from mailer.mime import Mailbox, MessageLayout
 from mailer.render import RenderedParts, Renderer, TemplateEnvironment, render_error
 
-OPTIN_SCENARIO = "@optin"  # the pseudo-scenario of confirmation messages; "@" is no scenario name
 HTML_TEMPLATE, TEXT_TEMPLATE = "optin_confirm.html", "optin_confirm.txt"
 
 _SUBJECTS = {

@@ -10,8 +10,11 @@ prepared once:
    structural-only render pass);
 2. *protect*: replace every remaining Jinja construct by an inert lowercase alphanumeric
    sentinel that HTML parsers leave alone;
-3. *inline*: run premailer once on the protected document, then put the constructs back;
-4. *compile* the result in Jinja's sandbox. Per recipient only step 4's template runs.
+3. *track*: wrap every href that may be an http(s) URL in the click filter
+   (`mailer.linkrewrite`), so that per recipient a link costs one call;
+4. *inline*: run premailer once on the protected document, then put the constructs back;
+5. *compile* the result in Jinja's sandbox. Per recipient only step 5's template runs, and
+   the open pixel, honeypot and unsubscribe footer are added to its output.
 
 The same flattened source, converted to text with inscriptis (an HTML-to-text library), is
 the text template when the step has no `.txt` template of its own.
@@ -36,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
+import jinja2.meta
 import premailer
 from inscriptis import get_text
 from inscriptis.css_profiles import CSS_PROFILES
@@ -43,6 +47,7 @@ from inscriptis.model.config import ParserConfig
 from jinja2.sandbox import SandboxedEnvironment
 
 from mailer.errors import TemplateError
+from mailer.linkrewrite import CLICK_FILTER, CURRENT, UNSUBSCRIBE_VARIABLE, MessageLinks, click_filter, track_anchors, wrap_links
 
 log = logging.getLogger("mailer.render")
 
@@ -92,21 +97,38 @@ class CompiledStep:
         text: jinja2.Template | None,
         dependencies: Mapping[Path, float],
         inline_each: str | None = None,
+        html_unsubscribe: bool = False,
+        text_unsubscribe: bool = False,
     ) -> None:
         self.subject = subject
         self.html = html
         self.text = text
         # Why this template's CSS is inlined per message (slow, always right), or None.
         self.inline_each = inline_each
+        # Whether the author placed {{ unsubscribe_url }} in each part; if not, a default
+        # footer carries it.
+        self.html_unsubscribe = html_unsubscribe
+        self.text_unsubscribe = text_unsubscribe
         self.dependencies = dict(dependencies)
         self.checked_at = time.monotonic()
 
-    def render(self, context: Mapping[str, Any]) -> RenderedParts:
-        html = self.html.render(context)
+    def render(self, context: Mapping[str, Any], links: MessageLinks | None = None) -> RenderedParts:
+        """The parts for one recipient; with `links`, tracked and with an unsubscribe link."""
+        current = CURRENT.set(links)
+        try:
+            html = self.html.render(context)
+            text = self.text.render(context) if self.text is not None else None
+            subject = self.subject.render(context).strip()
+        finally:
+            CURRENT.reset(current)
         if self.inline_each is not None:
-            html = inline_css(html)
-        text = self.text.render(context) if self.text is not None else get_text(html, _TEXT_CONFIG)
-        return RenderedParts(subject=self.subject.render(context).strip(), html=html, text=text)
+            html = inline_css(track_anchors(html, links))
+        if text is None:
+            text = get_text(html, _TEXT_CONFIG)  # before the honeypot: no trap in the text part
+        if links is not None:
+            html = links.decorate_html(html, footer=not self.html_unsubscribe)
+            text = links.track_text(text, footer=not self.text_unsubscribe)
+        return RenderedParts(subject=subject, html=html, text=text)
 
     def is_current(self) -> bool:
         """Whether no file this step was compiled from has changed since."""
@@ -127,6 +149,7 @@ class Renderer:
         loader = jinja2.FileSystemLoader(str(templates_dir))
         common: dict[str, Any] = {"undefined": jinja2.StrictUndefined, "loader": loader}
         self.html_env = TemplateEnvironment(autoescape=True, **common)
+        self.html_env.filters[CLICK_FILTER] = click_filter
         self.text_env = TemplateEnvironment(
             autoescape=False, trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True, **common
         )
@@ -156,20 +179,29 @@ class Renderer:
         flat = _Flattener(self.templates_dir, dependencies).flatten(template)
         nonce = _fresh_nonce(flat)
         protected, constructs = _protect(self.html_env, flat, nonce, template)
-        unsafe = _unsafe_to_inline_once(protected, constructs, nonce)
+        sentinel = re.compile(rf"zq{nonce}q(\d+)z")
+        tracked_flat = _restore(wrap_links(protected, constructs, sentinel, template), constructs, nonce, template)
+        tracked_nonce = _fresh_nonce(tracked_flat)
+        tracked, tracked_constructs = _protect(self.html_env, tracked_flat, tracked_nonce, template)
+        unsafe = _unsafe_to_inline_once(tracked, tracked_constructs, tracked_nonce)
         html = original
         if unsafe is None:
             try:
-                inlined = _restore(inline_css(protected), constructs, nonce, template)
+                inlined = _restore(inline_css(tracked), tracked_constructs, tracked_nonce, template)
                 html = self._from_string(self.html_env, inlined, template)
             except TemplateError as error:
                 unsafe = error.problem
         if unsafe is not None:
             log.info("%s: CSS inlined per message (slower): %s", template, unsafe)
         text: jinja2.Template | None = None
+        html_unsubscribe = _uses(self.html_env, flat, UNSUBSCRIBE_VARIABLE)
+        text_unsubscribe = html_unsubscribe
         if text_template is not None:
             text = self._load(self.text_env, text_template, dependencies)
+            text_flat = _Flattener(self.templates_dir, dependencies).flatten(text_template)
+            text_unsubscribe = _uses(self.text_env, text_flat, UNSUBSCRIBE_VARIABLE)
         elif unsafe is None:
+            # From the HTML before tracking: the text part's URLs are tracked per message.
             text = self._derive_text(protected, constructs, nonce, template)
         subject_template = self._from_string(self.text_env, subject, "subject")
         return CompiledStep(
@@ -178,6 +210,8 @@ class Renderer:
             text=text,
             dependencies=dependencies,
             inline_each=unsafe,
+            html_unsubscribe=html_unsubscribe,
+            text_unsubscribe=text_unsubscribe,
         )
 
     def _derive_text(self, protected: str, constructs: list[tuple[str, str]], nonce: str, name: str) -> jinja2.Template | None:
@@ -361,6 +395,14 @@ def _unsafe_to_inline_once(protected: str, constructs: list[tuple[str, str]], no
         if name in _STRUCTURE_ATTRIBUTES and (kind != "variable" or name != "style"):
             return f"{text!r} decides a {name} attribute"
     return None
+
+
+def _uses(env: jinja2.Environment, flat: str, name: str) -> bool:
+    """Whether a flattened template reads the variable `name`."""
+    try:
+        return name in jinja2.meta.find_undeclared_variables(env.parse(flat))
+    except jinja2.TemplateSyntaxError:
+        return name in flat
 
 
 def _fresh_nonce(source: str) -> str:

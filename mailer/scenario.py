@@ -197,6 +197,8 @@ def _load(
     top = _Section(document, file, "")
     check_keys(document, _TOP_KEYS, file=file, field="")
     name = top.text("name", required=True, hint="add `name: ...`, the name reports show") or ""
+    if name.startswith("@"):  # "@optin" and the like are the engine's own message kinds
+        raise top.error("name", f"scenario names may not start with '@': {name!r}", "choose a name without the '@'")
     sender = top.text("sender", required=True, hint="add `sender: NAME`, an identity from mailer.toml") or ""
     if identities is not None and sender not in identities:
         known = did_you_mean(sender, identities) if identities else "mailer.toml defines no identities"

@@ -113,4 +113,55 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX bounces_email ON bounces (email, at);
     ALTER TABLE suppressions ADD COLUMN bounce_id INTEGER REFERENCES bounces(id);
     """,
+    # 3: consent. A list member is pending until it confirms (double opt-in); members from
+    # before are confirmed. Every consent change is kept as evidence. The report's index
+    # covers its queries, so reading it never touches the events' rows.
+    """
+    ALTER TABLE list_members ADD COLUMN status TEXT NOT NULL DEFAULT 'confirmed'
+        CHECK (status IN ('pending', 'confirmed'));
+    CREATE TABLE consents (
+        id INTEGER PRIMARY KEY,
+        at INTEGER NOT NULL,
+        email TEXT NOT NULL,
+        lead_id INTEGER REFERENCES leads(id),
+        list TEXT NOT NULL DEFAULT '',
+        action TEXT NOT NULL,
+        method TEXT NOT NULL,
+        ip TEXT NOT NULL DEFAULT '',
+        user_agent TEXT NOT NULL DEFAULT '',
+        text TEXT NOT NULL DEFAULT '',
+        source TEXT NOT NULL DEFAULT '',
+        message_id INTEGER REFERENCES messages(id)
+    );
+    CREATE INDEX consents_email ON consents (email, at);
+    CREATE INDEX events_report ON events (scenario, step_id, type, machine, message_id);
+    """,
+    # 4: warm-up. Attempts per sending IP, receiving provider and UTC hour, so a restart
+    # does not reset a day's use; and each (IP, provider)'s throttle (mailer.throttle).
+    """
+    CREATE TABLE warmup_usage (
+        ip TEXT NOT NULL,
+        provider TEXT NOT NULL,
+        day TEXT NOT NULL,
+        hour INTEGER NOT NULL CHECK (hour BETWEEN 0 AND 23),
+        attempts INTEGER NOT NULL DEFAULT 0,
+        accepted INTEGER NOT NULL DEFAULT 0,
+        deferred INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (day, ip, provider, hour)
+    ) WITHOUT ROWID;
+    CREATE TABLE warmup_throttles (
+        ip TEXT NOT NULL,
+        provider TEXT NOT NULL,
+        multiplier REAL NOT NULL,
+        paused_until INTEGER,
+        pause_seconds INTEGER NOT NULL DEFAULT 0,
+        strikes INTEGER NOT NULL DEFAULT 0,
+        last_strike INTEGER,
+        clean_since INTEGER,
+        clean_accepted INTEGER NOT NULL DEFAULT 0,
+        reason TEXT NOT NULL DEFAULT '',
+        changed_at INTEGER,
+        PRIMARY KEY (ip, provider)
+    ) WITHOUT ROWID;
+    """,
 )

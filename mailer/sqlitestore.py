@@ -28,6 +28,10 @@ from mailer.leads import Lead
 from mailer.lifecycle import CLAIMABLE, MessageState, check_transition
 from mailer.schema import MIGRATIONS
 from mailer.sqlitebounces import BounceTables
+from mailer.sqliteconsent import SUPPRESSIONS_OF_LEAD, ConsentTables, suppressions_column
+from mailer.sqlitereport import ReportQueries
+from mailer.sqlitetracking import TrackingTables
+from mailer.sqlitewarmup import WarmupTables
 from mailer.timestamps import from_ms, ms
 from mailer.store import (
     ClaimedMessage,
@@ -67,7 +71,7 @@ def _lead(row: Sequence[Any], offset: int = 0) -> Lead:
     )
 
 
-class SQLiteStore(BounceTables):
+class SQLiteStore(BounceTables, TrackingTables, ConsentTables, ReportQueries, WarmupTables):
     """`Store` on one SQLite file."""
 
     def __init__(self, path: Path, *, busy_timeout: float = 10.0) -> None:
@@ -154,9 +158,13 @@ class SQLiteStore(BounceTables):
     # -- leads and lists ---------------------------------------------------------------
 
     async def upsert_leads(
-        self, leads: Sequence[Lead], *, list_name: str | None, now: datetime
+        self, leads: Sequence[Lead], *, list_name: str | None, now: datetime, consent_source: str = ""
     ) -> UpsertCounts:
-        """Create or update leads by address, all in one transaction; empty values never erase."""
+        """Create or update leads by address, all in one transaction; empty values never erase.
+
+        Members added to a list are confirmed, with an 'imported' consent record naming
+        `consent_source` (the file): whoever imports them vouches for their consent.
+        """
         stamp = ms(now)
         added = 0
         async with self.transaction():
@@ -208,13 +216,14 @@ class SQLiteStore(BounceTables):
                 before = self.db.total_changes
                 await self.db.executemany(
                     """
-                    INSERT OR IGNORE INTO list_members (list_id, lead_id, added_at)
-                    SELECT lists.id, leads.id, ? FROM lists, leads
+                    INSERT OR IGNORE INTO list_members (list_id, lead_id, added_at, status)
+                    SELECT lists.id, leads.id, ?, 'confirmed' FROM lists, leads
                     WHERE lists.name = ? AND leads.email = ?
                     """,
                     [(stamp, list_name, email) for email in emails],
                 )
                 added = self.db.total_changes - before
+                await self._confirm_imported(list_name=list_name, emails=emails, source=consent_source, stamp=stamp)
         created = len(set(emails) - existing)
         return UpsertCounts(created=created, updated=len(set(emails)) - created, added_to_list=added)
 
@@ -249,7 +258,7 @@ class SQLiteStore(BounceTables):
         after_lead_id: int,
         limit: int,
     ) -> list[Lead]:
-        """Leads that may enter: in the list (if any), not suppressed, not already in it.
+        """Leads that may enter: confirmed in the list (if any), not suppressed, not already in it.
 
         A lead that went through the scenario may enter again only when re-entry is allowed
         and its last enrollment ended at least `reentry_after` ago.
@@ -260,7 +269,7 @@ class SQLiteStore(BounceTables):
         if list_name is not None:
             source = "list_members m JOIN lists li ON li.id = m.list_id JOIN leads l ON l.id = m.lead_id"
             list_clause = (
-                "AND li.name = ? AND NOT EXISTS (SELECT 1 FROM suppressions s2"
+                "AND li.name = ? AND m.status = 'confirmed' AND NOT EXISTS (SELECT 1 FROM suppressions s2"
                 " WHERE s2.email = l.email AND s2.list = li.name)"
             )
             params.append(list_name)
@@ -317,7 +326,7 @@ class SQLiteStore(BounceTables):
         marks = ",".join("?" * len(scenarios))
         rows = await self._fetchall(
             f"""
-            SELECT e.id, e.scenario, e.cycle, e.step_index, e.due_at, {_GLOBALLY_SUPPRESSED},
+            SELECT e.id, e.scenario, e.cycle, e.step_index, e.due_at, {SUPPRESSIONS_OF_LEAD},
                    (SELECT max(CASE m.state WHEN 'sending' THEN ? ELSE m.next_attempt_at END)
                     FROM messages m WHERE m.enrollment_id = e.id
                       AND m.state IN ('queued', 'sending', 'deferred')),
@@ -335,7 +344,7 @@ class SQLiteStore(BounceTables):
                 cycle=r[2],
                 step_index=r[3],
                 due_at=from_ms(r[4]),
-                suppressed=bool(r[5]),
+                suppressions=suppressions_column(r[5]),
                 previous_pending_until=from_ms(r[6]) if r[6] is not None else None,
                 lead=_lead(r, 7),
             )
@@ -449,7 +458,7 @@ class SQLiteStore(BounceTables):
             rows = await self._fetchall(
                 f"""
                 SELECT m.id, m.message_id, m.scenario, m.step_id, m.attempts, m.created_at,
-                       {_GLOBALLY_SUPPRESSED}, {_LEAD_COLUMNS}
+                       {SUPPRESSIONS_OF_LEAD}, {_LEAD_COLUMNS}
                 FROM messages m JOIN leads l ON l.id = m.lead_id
                 WHERE m.id IN ({marks}) ORDER BY m.next_attempt_at, m.id
                 """,
@@ -463,7 +472,7 @@ class SQLiteStore(BounceTables):
                 step_id=r[3],
                 attempts=r[4],
                 created_at=from_ms(r[5]),
-                suppressed=bool(r[6]),
+                suppressions=suppressions_column(r[6]),
                 lead=_lead(r, 7),
             )
             for r in rows

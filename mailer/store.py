@@ -8,14 +8,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any, Protocol
 
 from mailer.conditions import Engagement
+from mailer.consent import OPTIN_SCENARIO, stops
 from mailer.config import Config
 from mailer.leads import Lead
 from mailer.lifecycle import MessageState
 from mailer.reply import SMTPReply
+from mailer.throttle import Throttle
+from mailer.warmupbudget import UsageCount, WarmupChanges
 
 
 @dataclass(frozen=True)
@@ -35,10 +38,15 @@ class DueEnrollment:
     step_index: int
     due_at: datetime
     lead: Lead
-    suppressed: bool
+    # (list, reason) of each suppression of the address; list "" is global
+    suppressions: frozenset[tuple[str, str]]
     # When an earlier step's message is still on its way (queued, sending or deferred): when
     # it is next due. The next step waits for it, so steps arrive in order.
     previous_pending_until: datetime | None = None
+
+    def suppressed_for(self, list_name: str | None) -> bool:
+        """Whether the lead may not be mailed for a scenario entering from `list_name`."""
+        return stops(self.suppressions, list_name)
 
 
 @dataclass(frozen=True)
@@ -74,7 +82,23 @@ class ClaimedMessage:
     attempts: int  # attempts recorded before this one
     created_at: datetime
     lead: Lead
-    suppressed: bool
+    # (list, reason) of each suppression of the address; list "" is global
+    suppressions: frozenset[tuple[str, str]] = frozenset()
+
+    @property
+    def is_confirmation(self) -> bool:
+        """An opt-in confirmation email (scenario "@optin", step_id the list), not a scenario's."""
+        return self.scenario == OPTIN_SCENARIO
+
+    def suppressed_for(self, list_name: str | None) -> bool:
+        """Whether this message may not be sent; `list_name` is its scenario's entry list.
+
+        A confirmation is judged for its own list (its step_id) by the opt-in rules of
+        mailer.consent, whatever `list_name` says.
+        """
+        if self.is_confirmation:
+            return stops(self.suppressions, self.step_id, confirmation=True)
+        return stops(self.suppressions, list_name)
 
 
 @dataclass(frozen=True)
@@ -144,6 +168,73 @@ class Suppression:
     reason: str  # unsubscribe | hard-bounce | complaint | soft-bounce-escalation | manual | unconfirmed
     list_name: str = ""  # "" is global
     detail: str = ""
+    created_at: datetime | None = None  # set when read from the store
+
+
+@dataclass(frozen=True)
+class ConsentRecord:
+    """Evidence of one consent change: when, how, from where, and the words agreed to."""
+
+    at: datetime
+    email: str
+    list_name: str  # "" for every list (an unsubscribe from everything)
+    action: str  # subscribed | pending | confirmed | unsubscribed | imported
+    method: str  # form | confirm-link | one-click | unsubscribe-page | mailto | import | cli | api
+    ip: str = ""
+    user_agent: str = ""
+    text: str = ""  # the consent text shown on the form
+    source: str = ""  # the form's source, or the imported file
+    message: int | None = None  # messages.id the change came through (an unsubscribe link)
+
+
+@dataclass(frozen=True)
+class SubscribeResult:
+    lead_id: int
+    status: str  # "pending" (confirmation queued) | "confirmed" | "already" (already a confirmed member)
+    confirm_message: int | None  # messages.id of the queued confirmation email, when pending
+
+
+@dataclass(frozen=True)
+class StepFigures:
+    """Raw counts of one scenario step, for `mailer report` (mailer.report computes the rates).
+
+    Every count but `unsubscribes` and `complaints` counts distinct messages; a human click
+    counts as an open too (images may have been blocked, but the message was read).
+    """
+
+    scenario: str
+    step_id: str
+    sent: int = 0
+    delivered: int = 0  # sent and not bounced later
+    soft_bounces: int = 0
+    hard_bounces: int = 0
+    opens: int = 0  # unique human opens
+    clicks: int = 0  # unique human clickers
+    unsubscribes: int = 0
+    complaints: int = 0
+    machine_opens: int = 0
+    machine_clicks: int = 0
+
+
+@dataclass(frozen=True)
+class TrackingEvent:
+    """One open or click seen by the tracking server, judged human or machine (mailer.machine)."""
+
+    at: datetime
+    type: str  # opened | clicked
+    message: int  # messages.id from the token; the lead, scenario and step come from that row
+    machine: bool
+    reason: str = ""  # why it is a machine's (head, too-soon, honeypot, all-links, scanner, …)
+    data: dict[str, Any] = field(default_factory=dict)  # ip, user_agent, url, tag, link, agent
+
+
+@dataclass(frozen=True)
+class Reclassification:
+    """Clicks of one message stored as human that turned out to be one machine burst."""
+
+    message: int
+    clicks: tuple[tuple[int, datetime], ...]  # (link number, event time) of each such click
+    reason: str  # all-links
 
 
 class Store(Protocol):
@@ -154,7 +245,7 @@ class Store(Protocol):
 
     # leads and lists
     async def upsert_leads(
-        self, leads: Sequence[Lead], *, list_name: str | None, now: datetime
+        self, leads: Sequence[Lead], *, list_name: str | None, now: datetime, consent_source: str = ""
     ) -> UpsertCounts: ...
     async def get_lead(self, email: str) -> Lead | None: ...
     async def sample_leads(self, limit: int) -> list[Lead]: ...
@@ -202,6 +293,37 @@ class Store(Protocol):
     async def suppressions_of(self, email: str) -> list[tuple[str, str, str]]: ...
     async def bounce_summary(self, since: datetime) -> dict[str, int]: ...
     async def sent_since(self, since: datetime) -> int: ...
+
+    # consent and suppression management (mailer.sqliteconsent)
+    async def subscribe(
+        self, *, email: str, first_name: str, last_name: str, list_name: str, source: str,
+        consent_text: str, ip: str, user_agent: str, double_opt_in: bool, confirm_message_id: str,
+        now: datetime,
+    ) -> SubscribeResult: ...
+    async def confirm_subscription(
+        self, *, lead_id: int, list_name: str, ip: str, user_agent: str, now: datetime
+    ) -> bool: ...
+    async def unsubscribe(
+        self, *, message: int | None, email: str | None, list_name: str, everything: bool,
+        method: str, ip: str, user_agent: str, now: datetime,
+    ) -> str | None: ...
+    async def membership(self, email: str, list_name: str) -> str | None: ...
+    async def consents_of(self, email: str) -> list[ConsentRecord]: ...
+    async def add_suppressions(self, suppressions: Sequence[Suppression], *, now: datetime) -> int: ...
+    async def unsuppress(self, email: str, *, list_name: str, now: datetime) -> Suppression | None: ...
+    async def list_suppressions(
+        self, *, reason: str | None = None, list_name: str | None = None, limit: int | None = None
+    ) -> list[Suppression]: ...
+    async def step_figures(self, scenario: str | None = None) -> list[StepFigures]: ...
+
+    # tracking events (mailer.sqlitetracking)
+    async def record_tracking_events(self, events: Sequence[TrackingEvent]) -> int: ...
+    async def reclassify_tracking_events(self, changes: Sequence[Reclassification]) -> int: ...
+
+    # warm-up budgets (mailer.sqlitewarmup)
+    async def record_warmup(self, changes: WarmupChanges) -> None: ...
+    async def warmup_usage(self, *, since: date) -> list[UsageCount]: ...
+    async def warmup_throttles(self) -> dict[tuple[str, str], Throttle]: ...
 
 
 def open_store(config: Config) -> Store:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import secrets
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -20,10 +21,12 @@ from mailer.csvimport import normalize_email, read_leads_csv
 from mailer.errors import HeaderInjectionError, ScenarioError, TemplateError, UserError
 from mailer.examples_data import examples
 from mailer.leads import Lead
+from mailer.links import Links
 from mailer.mime import make_message_id
 from mailer.render import Renderer, render_error
 from mailer.scenario import Scenario, Step, load_scenario, load_scenarios
 from mailer.store import open_store
+from mailer.tokens import Signer
 
 SAMPLE_SIZE = 20
 
@@ -33,7 +36,7 @@ def validate(config: Config, *, path: Path | None, leads_csv: Path | None) -> tu
     scenarios, problems = _load(config, path)
     leads = sample_leads(config, leads_csv)
     renderer = Renderer(config.templates)
-    composer = Composer(renderer, config.identities)
+    composer = Composer(renderer, config.identities, links=preview_links(config), config=config)
     steps = 0
     notes: list[str] = []
     for scenario in scenarios:
@@ -84,7 +87,7 @@ def _check_step(renderer: Renderer, composer: Composer, scenario: Scenario, step
             except Exception as error:
                 return render_error(error, template=name)
         try:
-            composer.compose(scenario, step, lead, message_id=make_message_id("validate.invalid"), now=now)
+            composer.compose(scenario, step, lead, message_id=make_message_id("validate.invalid"), now=now, message_row=0)
         except TemplateError as error:
             # The templates rendered above, so what failed here is the subject.
             return TemplateError(error.problem, file=scenario.file, line=step.line, field=f"steps.{step.id}.subject", hint=error.hint)
@@ -97,6 +100,15 @@ def _check_step(renderer: Renderer, composer: Composer, scenario: Scenario, step
                 hint="keep the subject on one line",
             )
     return None
+
+
+def preview_links(config: Config) -> Links:
+    """Links shaped like the daemon's, under the configured base URL, for message row 0.
+
+    They are signed with a throwaway key, so following a link in a preview is never counted
+    as anyone's open, click or unsubscription.
+    """
+    return Links(Signer([secrets.token_bytes(32)]), config.tracking.public_base)
 
 
 def sample_leads(config: Config, leads_csv: Path | None) -> list[Lead]:
@@ -139,8 +151,9 @@ async def preview(config: Config, *, scenario_name: str, step_id: str, email: st
             lead = await store.get_lead(address)
     if lead is None:
         raise UserError(f"no lead {email!r} in {config.store}", field="--lead", hint="import it with `mailer leads import`")
-    composer = Composer(Renderer(config.templates), config.identities)
-    composed = composer.compose(scenario, step, lead, message_id=make_message_id(config.identities[scenario.sender].message_id_domain), now=datetime.now(timezone.utc))
+    composer = Composer(Renderer(config.templates), config.identities, links=preview_links(config), config=config)
+    message_id = make_message_id(config.identities[scenario.sender].message_id_domain)
+    composed = composer.compose(scenario, step, lead, message_id=message_id, now=datetime.now(timezone.utc), message_row=0)
     out.mkdir(parents=True, exist_ok=True)
     # Addresses may hold "/" and other characters a file name must not.
     stem = re.sub(r"[^\w.@+-]", "_", f"{scenario.name}-{step.id}-{lead.email}").replace("@", "_at_")

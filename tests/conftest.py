@@ -61,6 +61,9 @@ def write_workspace(root: Path, scenario: str = THREE_STEPS) -> None:
     (root / "templates" / "layout.html").write_text(LAYOUT, encoding="utf-8")
     for name in ("one", "two", "three"):
         (root / "templates" / f"{name}.html").write_text(STEP.replace("STEPNAME", name), encoding="utf-8")
+    # The daemon signs every message's links (pixel, clicks, unsubscribe) with the workspace key.
+    if not (root / "mailer.key").exists():
+        (root / "mailer.key").write_text("k" * 48 + "\n")
 
 
 def make_config(root: Path, port: int, **sections: dict[str, object]) -> Config:

@@ -349,3 +349,69 @@ def test_keys_under_a_commented_section_header_get_their_line(tmp_path: Path) ->
     with pytest.raises(ConfigError) as caught:
         load_config(path)
     assert caught.value.line == 3
+
+
+# Warm-up, sending IPs and provider limits
+
+
+def test_without_ips_there_is_one_ip_that_does_not_warm(tmp_path: Path) -> None:
+    """No [ips]: one implicit IP "default" on the system's address, warm-up off: sending as before."""
+    from mailer.providers import DEFAULT_LIMITS
+
+    config = load_config(write(tmp_path, ""))
+    assert list(config.ips) == ["default"] and not config.ips["default"].warmup
+    assert not config.warmup.enabled and config.warmup.schedule == ()
+    assert config.providers == DEFAULT_LIMITS
+    starter = load_config(write(tmp_path, STARTER_CONFIG))
+    assert (starter.warmup, starter.ips, starter.providers) == (config.warmup, config.ips, config.providers)
+
+
+def test_warmup_ips_and_provider_overrides_are_read(tmp_path: Path) -> None:
+    """[warmup], [ips.NAME] and [providers.NAME] are read; an override keeps the unwritten defaults."""
+    config = load_config(write(tmp_path, (
+        '[warmup]\nenabled = true\nschedule = [20, 40, 80]\nclean_period = "15m"\n'
+        '[warmup.shares]\ngmail = 0.7\n'
+        '[ips.main]\naddress = "192.0.2.10"\nhelo = "mail.acme.example"\nwarmup_start = "2026-01-05"\n'
+        '[providers.docomo]\nconcurrency = 1\n'
+    )))
+    assert config.warmup.schedule == (20, 40, 80) and config.warmup.clean_period == timedelta(minutes=15)
+    assert config.warmup.shares["gmail"] == 0.7 and config.warmup.shares["other"] == 0.5
+    assert config.ips["main"].address == "192.0.2.10" and config.ips["main"].warmup
+    assert (config.providers["docomo"].concurrency, config.providers["docomo"].per_minute) == (1, 60)
+
+
+@pytest.mark.parametrize(
+    ("text", "field"),
+    [
+        ('[warmup]\nschedule = "fast"\n', "warmup.schedule"),
+        ("[warmup]\nschedule = [50, 0]\n", "warmup.schedule"),
+        ("[warmup]\nschedule = [100, 50]\n", "warmup.schedule"),
+        ("[warmup.shares]\ngmail = 1.5\n", "warmup.shares.gmail"),
+        ("[warmup.shares]\ngmal = 0.5\n", "warmup.shares.gmal"),
+        ("[warmup]\nspread_hours = 30\n", "warmup.spread_hours"),
+        ('[warmup]\nfirst_pause = "4h"\nmax_pause = "1h"\n', "warmup.max_pause"),
+        ("[warmup]\nenabled = true\n", "warmup.enabled"),
+        ('[warmup]\nenabled = true\n[ips.main]\naddress = "192.0.2.10"\n', "ips.main.warmup_start"),
+        ('[ips.main]\nwarmup_start = "next monday"\n', "ips.main.warmup_start"),
+        ('[ips.main]\naddress = "mail.acme.example"\n', "ips.main.address"),
+        ('[ips.a]\naddress = "192.0.2.10"\n[ips.b]\naddress = "192.0.2.10"\n', "ips.b.address"),
+        ("[providers.gmial]\nconcurrency = 2\n", "providers.gmial"),
+        ("[providers.gmail]\nconcurrency = 0\n", "providers.gmail.concurrency"),
+        ("[providers.gmail]\nburst = 3\n", "providers.gmail.burst"),
+    ],
+)
+def test_warmup_mistakes_name_their_key(tmp_path: Path, text: str, field: str) -> None:
+    """Each warm-up, IP or provider mistake is one error naming the key, on its line when it has one."""
+    error = error_of(tmp_path, text)
+    assert error.field == field
+    table, _, key = field.rpartition(".")
+    lines = text.splitlines()
+    if f"[{table}]" in lines and any(line.startswith(f"{key} =") for line in lines):
+        start = lines.index(f"[{table}]")
+        expected = next(n for n, line in enumerate(lines[start:], start=start + 1) if line.startswith(f"{key} ="))
+        assert error.line == expected
+
+
+def test_a_misspelt_share_suggests_the_provider(tmp_path: Path) -> None:
+    """`gmal` under [warmup.shares] suggests gmail."""
+    assert error_of(tmp_path, "[warmup.shares]\ngmal = 0.5\n").hint == "did you mean warmup.shares.gmail?"

@@ -6,6 +6,9 @@ import os
 import time
 from pathlib import Path
 
+from datetime import datetime, timezone
+from typing import Any
+
 import pytest
 from lxml import html as lxml_html
 
@@ -13,8 +16,14 @@ from mailer.compose import context_for
 from mailer.csvimport import read_leads_csv
 from mailer.examples_data import examples
 from mailer.leads import Lead
-from mailer.render import Renderer, inline_css
+from mailer.linkrewrite import MessageLinks, track_anchors
+from mailer.links import Links
+from mailer.render import CompiledStep, Renderer, inline_css
 from mailer.scenario import load_scenarios
+from mailer.tokens import Signer
+
+LINKS = Links(Signer([b"k" * 40]), "https://t.acme.example")
+SENT = datetime(2026, 1, 5, 9, 0, tzinfo=timezone.utc)
 
 Tree = list[tuple[str, tuple[tuple[str, str], ...], str, str]]
 
@@ -47,20 +56,32 @@ def sample_leads() -> list[Lead]:
     return leads
 
 
+def per_message(renderer: Renderer, compiled: CompiledStep, template: str, context: dict[str, Any], links: MessageLinks | None) -> str:
+    """The naive way: render the author's template, track its links, premailer on this message."""
+    html = inline_css(track_anchors(renderer.html_env.get_template(template).render(context), links))
+    return links.decorate_html(html, footer=not compiled.html_unsubscribe) if links is not None else html
+
+
+@pytest.mark.parametrize("tracked", [True, False], ids=["tracked", "untracked"])
 @pytest.mark.parametrize("template", sorted({t for _, t, _, _ in shipped_steps()}))
-def test_inline_once_equals_per_message_inlining_for_every_shipped_template(template: str) -> None:
-    """For each shipped template and sample lead, the cached inlined render is the same document as premailer on that message."""
+def test_inline_once_equals_per_message_inlining_for_every_shipped_template(template: str, tracked: bool) -> None:
+    """For each shipped template and sample lead, the cached inlined render, links tracked or not, is the same document as premailer on that message."""
     renderer = Renderer(examples().templates)
     compiled = renderer.step(subject="s", template=template, text_template=None)
     assert compiled.inline_each is None, "shipped templates take the fast path"
     scenarios, _ = load_scenarios(examples().scenarios, templates_dir=examples().templates)
     scenario = scenarios[0]
     step = next(s for s in scenario.steps if s.template == template)
-    for lead in sample_leads():
-        context = context_for(lead, scenario, step)
-        once = compiled.html.render(context)
-        per_message = inline_css(renderer.html_env.get_template(template).render(context))
-        assert document(once) == document(per_message), lead.email
+    for row, lead in enumerate(sample_leads()):
+        def links() -> MessageLinks | None:
+            return MessageLinks(LINKS, message=row, sent_at=SENT, list_name="trial-signups") if tracked else None
+
+        once_links = links()
+        context = context_for(lead, scenario, step, unsubscribe_url=once_links.unsubscribe_url if once_links else "")
+        once = compiled.render(context, once_links).html
+        assert document(once) == document(per_message(renderer, compiled, template, context, links())), lead.email
+        assert ("https://t.acme.example/c/" in once) is tracked
+        assert "data-tag" not in once
 
 
 def write(directory: Path, name: str, text: str) -> None:

@@ -333,3 +333,11 @@ def test_reentry_at_once_is_refused(tmp_path: Path) -> None:
     path.write_text("name: s\nsender: default\nentry: {list: l}\nreentry: {after: 0m}\nsteps:\n  - {id: a, subject: s, template: a.html}\n")
     with pytest.raises(ScenarioError, match="at least 1h"):
         load_scenario(path)
+
+
+def test_a_scenario_name_starting_with_at_is_refused(tmp_path: Path) -> None:
+    """Names beginning with "@" belong to the engine's own messages (the opt-in confirmation)."""
+    (tmp_path / "s.yaml").write_text("name: '@optin'\nsender: default\nentry: {list: x}\nsteps:\n  - id: a\n    subject: Hi\n    template: t.html\n", encoding="utf-8")
+    scenarios, errors = load_scenarios(tmp_path, identities=None, templates_dir=None)
+    assert not scenarios and len(errors) == 1
+    assert errors[0].field == "name" and "@" in errors[0].problem

@@ -305,7 +305,7 @@ async def test_due_enrollments_in_due_order_with_limit(store: SQLiteStore) -> No
         ("late@example.com", T0 + timedelta(hours=2)),
     ]
     assert [d.lead.email for d in await store.due_enrollments(now=now, limit=1, scenarios=["nurture"])] == ["early@example.com"]
-    assert (due[0].scenario, due[0].cycle, due[0].step_index, due[0].suppressed) == ("nurture", 1, 0, False)
+    assert (due[0].scenario, due[0].cycle, due[0].step_index, due[0].suppressions) == ("nurture", 1, 0, frozenset())
 
 
 async def test_due_enrollment_reports_suppression(store: SQLiteStore) -> None:
@@ -313,7 +313,7 @@ async def test_due_enrollment_reports_suppression(store: SQLiteStore) -> None:
     await enrolled(store, "a@example.com")
     await store.suppress([Suppression("a@example.com", "complaint")], now=T0)
     [due] = await store.due_enrollments(now=T0, limit=10, scenarios=["nurture"])
-    assert due.suppressed
+    assert due.suppressions == {("", "complaint")} and due.suppressed_for(None) and due.suppressed_for("any")
 
 
 async def test_apply_updates_writes_enrollment_message_and_event(store: SQLiteStore) -> None:
@@ -379,7 +379,7 @@ async def test_claim_takes_only_due_messages(store: SQLiteStore) -> None:
         "due@example.com", "nurture", "welcome", 0
     )
     assert message.message_id.endswith(".welcome@acme.example>")
-    assert message.created_at == T0 and not message.suppressed
+    assert message.created_at == T0 and not message.suppressed_for(None)
 
 
 async def test_claim_respects_limit_and_order(store: SQLiteStore) -> None:
@@ -401,7 +401,7 @@ async def test_claimed_message_of_suppressed_lead_is_flagged(store: SQLiteStore)
     await queued(store, "a@example.com")
     await store.suppress([Suppression("a@example.com", "unsubscribe")], now=T0)
     [claimed] = await store.claim_messages(now=T0, limit=1, lease=LEASE)
-    assert claimed.suppressed
+    assert claimed.suppressed_for(None) and claimed.suppressed_for("signups")
 
 
 # Recording outcomes
