@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trustme
@@ -12,7 +14,7 @@ import trustme
 from mailer.config import RelayConfig, TimeoutsConfig
 from mailer.reply import Verdict
 from mailer.testing import CaptureServer
-from mailer.transport import Envelope, SMTPTransport
+from mailer.transport import Endpoint, Envelope, SMTPConnection, SMTPTransport, TLSMode
 
 MESSAGE = b"From: a@acme.example\r\nTo: b@example.com\r\nSubject: hi\r\nMessage-ID: <1@acme.example>\r\n\r\nHello\r\n.leading dot\r\n"
 TIMEOUTS = TimeoutsConfig(connect=5, mail=5, rcpt=5, data=5)
@@ -145,3 +147,73 @@ async def test_a_421_closes_the_session_and_the_next_message_reconnects() -> Non
         await fresh.close()
     assert second.verdict is Verdict.ACCEPTED
     assert server.connections == 2
+
+
+async def test_an_smtputf8_address_goes_out_on_a_fresh_plain_session() -> None:
+    """The server's EHLO is read before the SMTPUTF8 check, so a UTF-8 address is sent, not refused."""
+    async with CaptureServer() as server:
+        connection = SMTPTransport(RelayConfig(port=server.port), TIMEOUTS).connection()
+        reply = await connection.send(Envelope("bounces@acme.example", "josé@example.com", smtputf8=True), MESSAGE)
+        await connection.close()
+    assert reply.verdict is Verdict.ACCEPTED
+    assert server.messages[0].rcpt_tos == ("josé@example.com",)
+
+
+async def test_the_relay_transport_pools_sessions_up_to_messages_per_connection() -> None:
+    """send() reuses an idle session, and a session that carried its quota is closed for a new one."""
+    async with CaptureServer() as server:
+        transport = SMTPTransport(RelayConfig(port=server.port), TIMEOUTS, messages_per_connection=2)
+        replies = [await transport.send(ENVELOPE, MESSAGE) for _ in range(5)]
+        await transport.close()
+    assert [r.verdict for r in replies] == [Verdict.ACCEPTED] * 5
+    assert server.connections == 3 and len(server.messages) == 5
+
+
+async def test_concurrent_sends_use_separate_sessions_then_share_them() -> None:
+    """Two messages at once need two sessions; afterwards both wait in the pool and are reused."""
+    async with CaptureServer() as server:
+        transport = SMTPTransport(RelayConfig(port=server.port), TIMEOUTS)
+        first = await asyncio.gather(*(transport.send(ENVELOPE, MESSAGE) for _ in range(2)))
+        second = await asyncio.gather(*(transport.send(ENVELOPE, MESSAGE) for _ in range(2)))
+        await transport.close()
+    assert [r.verdict for r in first + second] == [Verdict.ACCEPTED] * 4
+    assert server.connections == 2
+
+
+async def test_opportunistic_tls_falls_back_to_clear_text_when_the_handshake_fails(ca: trustme.CA) -> None:
+    """RFC 7435: a STARTTLS handshake that fails is retried in clear rather than not delivered."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(context)
+    context.maximum_version = ssl.TLSVersion.TLSv1_2
+    client = ssl.create_default_context()
+    client.check_hostname, client.verify_mode = False, ssl.CERT_NONE
+    client.minimum_version = ssl.TLSVersion.TLSv1_3  # no version in common: the handshake fails
+    async with CaptureServer(starttls=context) as server:
+        endpoint = Endpoint(host="127.0.0.1", port=server.port, tls=TLSMode.OPPORTUNISTIC, tls_context=client)
+        connection = SMTPConnection(endpoint, TIMEOUTS)
+        reply = await connection.send(ENVELOPE, MESSAGE)
+        await connection.close()
+    assert reply.verdict is Verdict.ACCEPTED and not connection.encrypted
+    assert server.connections == 2 and not server.messages[0].tls
+
+
+async def test_a_pooled_session_answering_421_at_mail_is_replaced_at_once() -> None:
+    """A server that hangs up an idle session with a 421 costs no retry: a fresh session takes the message."""
+    class HangsUp(CaptureServer):
+        hang_up = False
+
+        async def handle_MAIL(self, server: Any, session: Any, envelope: Any, address: str, options: list[str]) -> str:
+            if self.hang_up:
+                self.hang_up = False
+                return "421 4.4.2 capture.test Error: timeout exceeded"
+            return await super().handle_MAIL(server, session, envelope, address, options)
+
+    server = HangsUp()
+    async with server:
+        transport = SMTPTransport(RelayConfig(port=server.port), TIMEOUTS)
+        first = await transport.send(ENVELOPE, MESSAGE)
+        server.hang_up = True
+        second = await transport.send(ENVELOPE, MESSAGE)
+        await transport.close()
+    assert first.verdict is Verdict.ACCEPTED and second.verdict is Verdict.ACCEPTED
+    assert server.connections == 2 and len(server.messages) == 2
