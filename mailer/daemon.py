@@ -18,6 +18,7 @@ import logging
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from datetime import datetime, timedelta
 
@@ -27,7 +28,10 @@ from mailer.config import Config, IdentityConfig
 from mailer.errors import HeaderInjectionError, MailerError, ScenarioError, TemplateError
 from mailer.lifecycle import MessageState
 from mailer.links import Links
-from mailer.compose import Composer
+from mailer.compose import Composed, Composer
+from mailer.dkim import DKIMSigner, load_private_key, sign_message
+from mailer.optin import OptInMailer
+from mailer.tracking import TrackingServer
 from mailer.mime import make_message_id, wire_address
 from mailer.planner import Decision, plan
 from mailer.render import Renderer
@@ -90,7 +94,12 @@ class Daemon:
         self.transport = transport or SMTPTransport(config.relay, config.timeouts)
         # Every message's links (pixel, clicks, unsubscribe) are signed with the workspace key.
         self.links = Links(Signer(config.secret_keys()), config.tracking.public_base)
-        self.composer = Composer(Renderer(config.templates), config.identities, links=self.links, config=config)
+        renderer = Renderer(config.templates)
+        self.composer = Composer(renderer, config.identities, links=self.links, config=config)
+        self.optin = OptInMailer(config=config, links=self.links, renderer=renderer)
+        self.dkim_keys = [load_private_key(Path(f)) for f in (config.dkim.private_key_file, config.dkim.ed25519_key_file) if f]
+        self._dkim_signers: dict[str, list[DKIMSigner]] = {}
+        self.tracker: TrackingServer | None = None
         self.retry = RetryPolicy.from_config(config.retry)
         self.bounce_policy = BouncePolicy(config.bounces.soft_limit, config.bounces.soft_window)
         self.cooldowns = ProviderCooldowns()
@@ -132,6 +141,10 @@ class Daemon:
         if not self.scenarios:
             self.load_scenarios()
         listener = await self._start_listener()
+        if self.config.tracking.enabled:
+            self.tracker = TrackingServer(config=self.config, store=self.store, links=self.links, clock=self.clock)
+            self.tracker.on_message_queued = self._wake.set
+            await self.tracker.start()
         workers = [asyncio.create_task(self._worker()) for _ in range(self.config.delivery.concurrency)]
         flusher = asyncio.create_task(self._flush_forever())
         next_entry = self.clock.now()
@@ -160,6 +173,8 @@ class Daemon:
             await self._final_flush()
             if listener is not None:
                 await listener.stop()
+            if self.tracker is not None:
+                await self.tracker.stop()  # writes the tracking events still queued
         return self.report
 
     async def _start_listener(self) -> BounceListener | None:
@@ -168,9 +183,23 @@ class Daemon:
         if not bounces.domain or not bounces.listen:
             return None
         intake = BounceIntake(store=self.store, signer=self.signer, config=bounces)
-        self.listener = BounceListener(intake=intake, domain=bounces.domain, clock=self.clock, listen=bounces.listen)
+        self.listener = BounceListener(
+            intake=intake, domain=bounces.domain, clock=self.clock, listen=bounces.listen, unsubscribe=self._mailto_unsubscribe
+        )
         await self.listener.start()
         return self.listener
+
+    async def _mailto_unsubscribe(self, address: str) -> bool:
+        """Act on mail to unsubscribe+<token>@<bounce domain>; False for a token not ours."""
+        token = address.partition("+")[2].rpartition("@")[0]
+        found = self.links.read_unsubscribe(token)
+        if found is None:
+            return False
+        email = await self.store.unsubscribe(
+            message=found.message, email=None, list_name=found.list_name, everything=not found.list_name,
+            method="mailto", ip="", user_agent="", now=self.clock.now(),
+        )
+        return email is not None
 
     async def _idle(self, stop: asyncio.Event, next_entry: datetime) -> None:
         """Sleep until something may be due, a worker frees capacity, or stop."""
@@ -273,6 +302,17 @@ class Daemon:
         message = NewMessage(message_id=make_message_id(identity.message_id_domain), step_id=step.id, not_before=now)
         return update(index + 1, state, "queued", {"step": step.id}, message)
 
+    def _sign(self, composed: Composed, identity: IdentityConfig) -> bytes:
+        """The message with its DKIM signatures, d= aligned with the From domain unless set."""
+        if not self.dkim_keys:
+            return composed.wire
+        domain = self.config.dkim.domain or identity.from_address.rpartition("@")[2]
+        signers = self._dkim_signers.get(domain)
+        if signers is None:
+            signers = [DKIMSigner(domain=domain, selector=self.config.dkim.selector, private_key=key) for key in self.dkim_keys]
+            self._dkim_signers[domain] = signers
+        return sign_message(composed.wire, signers)
+
     def _identity(self, scenario: Scenario) -> IdentityConfig:
         return self.config.identities[scenario.sender]
 
@@ -347,10 +387,14 @@ class Daemon:
         # was queued stops it here (a confirmation is judged for its own list).
         if message.suppressed_for(scenario.entry.list_name if scenario is not None else None):
             return self._outcome(message, MessageState.SUPPRESSED, now, detail="address is suppressed"), ""
-        step = scenario.step(message.step_id) if scenario is not None else None
-        if scenario is None or step is None:
-            # The file is broken or gone for now: keep the message and try it later.
-            return self._temporary(message, now, None, detail=f"scenario {message.scenario!r} is not loaded"), ""
+        if message.is_confirmation:  # a double opt-in confirmation; its step id is the list
+            identity = self.config.identities[self.config.list_config(message.step_id).sender]
+        else:
+            step = scenario.step(message.step_id) if scenario is not None else None
+            if scenario is None or step is None:
+                # The file is broken or gone for now: keep the message and try it later.
+                return self._temporary(message, now, None, detail=f"scenario {message.scenario!r} is not loaded"), ""
+            identity = self._identity(scenario)
         paused = self.cooldowns.paused_until(provider_of(lead.email), now)
         if paused is not None:
             # The provider refused us a moment ago: no attempt, the message waits it out.
@@ -358,17 +402,21 @@ class Daemon:
                 message, MessageState.DEFERRED, now, next_attempt_at=paused, detail="provider paused after refusing us", attempted=False
             ), ""
         try:
-            composed = self.composer.compose(scenario, step, lead, message_id=message.message_id, now=now, message_row=message.id)
-        except (TemplateError, HeaderInjectionError, MailerError) as error:
+            if message.is_confirmation:
+                composed = self.optin.compose(lead, message.step_id, message_id=message.message_id, now=now)
+            else:
+                assert scenario is not None and step is not None
+                composed = self.composer.compose(scenario, step, lead, message_id=message.message_id, now=now, message_row=message.id)
+            wire = self._sign(composed, identity)
+        except (TemplateError, HeaderInjectionError, MailerError, ValueError) as error:
             log.error("message %s cannot be built: %s", message.message_id, error)
             return self._outcome(message, MessageState.FAILED, now, detail=str(error)), ""
-        identity = self._identity(scenario)
         sender = identity.envelope_sender
         if self.signer is not None:
             bounces = self.config.bounces
             sender = verp_address(self.signer, message=message.id, local_part=bounces.local_part, domain=bounces.domain)
         envelope = Envelope(wire_address(sender), wire_address(lead.email), composed.smtputf8)
-        reply = await connection.send(envelope, composed.wire)
+        reply = await connection.send(envelope, wire)
         subject = composed.parts.subject
         now = self.clock.now()
         if reply.verdict is Verdict.ACCEPTED:

@@ -3,12 +3,17 @@
 It accepts mail only for the bounce domain (it is no relay), hands each message to the
 bounce pipeline, and answers 250 once the evidence is stored, or 451 if it could not be,
 so the sending MTA tries again rather than the bounce being lost.
+
+Mail to `unsubscribe+<token>@<bounce domain>` is the mailto form of List-Unsubscribe
+(RFC 2369): mailbox providers send it when a recipient clicks their "unsubscribe" button.
+The signed token names the message and list, so the address unsubscribes at once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
@@ -21,6 +26,7 @@ log = logging.getLogger("mailer.inbound")
 
 # RFC 3461/3464 DSNs are small; a returned original can be large, and only a part is kept.
 MAX_BOUNCE_BYTES = 10 * 1024 * 1024
+UNSUBSCRIBE_PREFIX = "unsubscribe+"
 
 
 class _BounceSMTP(SMTP):
@@ -31,8 +37,17 @@ class _BounceSMTP(SMTP):
 
 
 class BounceListener:
-    def __init__(self, *, intake: BounceIntake, domain: str, clock: Clock, listen: str) -> None:
+    def __init__(
+        self,
+        *,
+        intake: BounceIntake,
+        domain: str,
+        clock: Clock,
+        listen: str,
+        unsubscribe: Callable[[str], Awaitable[bool]] | None = None,
+    ) -> None:
         self.intake = intake
+        self.unsubscribe = unsubscribe  # reads an unsubscribe+<token> address; True when it was one
         self.domain = domain.lower()
         self.clock = clock
         host, _, port = listen.rpartition(":")
@@ -66,6 +81,16 @@ class BounceListener:
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         raw: Any = envelope.original_content or envelope.content
+        if self.unsubscribe is not None and any(a.lower().startswith(UNSUBSCRIBE_PREFIX) for a in envelope.rcpt_tos):
+            try:
+                done = [await self.unsubscribe(a) for a in envelope.rcpt_tos if a.lower().startswith(UNSUBSCRIBE_PREFIX)]
+            except Exception:
+                log.exception("an unsubscribe request could not be stored; asking the sender to try again")
+                return "451 4.3.0 Could not store the request, try again later"
+            # A forged or mangled token unsubscribes nobody; the mail is accepted either way
+            # so nothing learns which tokens are genuine.
+            log.info("mailto unsubscribe: %d of %d addresses genuine", sum(done), len(done))
+            return "250 2.0.0 Unsubscribe request received"
         try:
             records = await self.intake.take(
                 bytes(raw), envelope_recipients=list(envelope.rcpt_tos), source="dsn", now=self.clock.now(), report=self.report

@@ -25,6 +25,7 @@ import json
 import logging
 import time
 from collections import OrderedDict, deque
+from collections.abc import Callable
 from urllib.parse import quote
 
 from aiohttp import web
@@ -101,6 +102,7 @@ class TrackingServer:
         self.links = links
         self.clock = clock
         tracking = config.tracking
+        self.on_message_queued: Callable[[], None] | None = None  # set by the daemon to wake its loop
         host, _, port = tracking.listen.rpartition(":")
         if not host or not port.isdigit():
             raise ConfigError(f"not host:port: {tracking.listen!r}", field="tracking.listen", hint='e.g. "127.0.0.1:8080"')
@@ -275,6 +277,8 @@ class TrackingServer:
             now=self.clock.now(),
         )
         log.info("subscribe to %s: lead %d %s", list_name, result.lead_id, result.status)
+        if result.confirm_message is not None and self.on_message_queued is not None:
+            self.on_message_queued()  # the daemon sends the confirmation now, not at its next poll
         # The answer depends on the list only, never on whether the address was known.
         return self._subscribed(request, lang, pending=list_config.double_opt_in, email=email, title=title)
 

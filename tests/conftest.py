@@ -72,6 +72,8 @@ def make_config(root: Path, port: int, **sections: dict[str, object]) -> Config:
         "identities": {"default": {"from": "Acme Marketing <news@acme.example>", "return_path": "bounces@acme.example"}},
         "timeouts": {"connect": 5, "mail": 5, "rcpt": 5, "data": 5},
         "delivery": {"concurrency": 4},
+        # The tracking server binds an ephemeral port, so tests can run side by side.
+        "tracking": {"listen": "127.0.0.1:0", "base_url": "https://t.acme.example"},
     }
     raw.update(sections)
     return parse_config(raw, path=root / "mailer.toml")
