@@ -3,7 +3,9 @@
 It makes a workspace with the example scenario, templates and sample leads, starts an
 embedded receiving SMTP server on loopback, writes a mailer.toml pointing at it, imports the
 leads and runs the real daemon on an accelerated clock, printing each message as it goes out
-and where the receiving server saved it.
+and where the receiving server saved it. Simulated recipients (`mailer.demo_recipients`),
+people and machines, open, click and unsubscribe through the daemon's tracking endpoints,
+and the demo ends with the report, human and machine apart.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
+import socket
 import tempfile
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -18,6 +21,8 @@ from pathlib import Path
 from mailer.clock import AcceleratedClock
 from mailer.config import load_config
 from mailer.daemon import Daemon
+from mailer.demo_recipients import PERSONAS, Recipients
+from mailer.report import build_report, format_table
 from mailer.errors import UserError
 from mailer.examples_data import copy_examples
 from mailer.importing import read_with_progress
@@ -50,6 +55,10 @@ speed = {speed}
 [scheduler]
 poll_interval = "30m"
 entry_interval = "1h"
+
+[tracking]
+listen = "127.0.0.1:{http_port}"
+base_url = "http://127.0.0.1:{http_port}"
 """
 
 
@@ -66,9 +75,11 @@ async def run_demo(*, workspace: Path | None, days: float, seconds: float) -> in
     speed = days * 86400 / seconds
     print(f"workspace: {workspace}")
     async with CaptureServer(save_to=inbox) as server:
-        (workspace / "mailer.toml").write_text(DEMO_CONFIG.format(port=server.port, speed=speed), encoding="utf-8")
+        http_port = _free_port()
+        (workspace / "mailer.toml").write_text(DEMO_CONFIG.format(port=server.port, speed=speed, http_port=http_port), encoding="utf-8")
         config = load_config(workspace / "mailer.toml")
         print(f"receiving SMTP server: 127.0.0.1:{server.port}, saving to {inbox}")
+        print(f"tracking server: {config.tracking.public_base} (pixel, clicks, unsubscribe)")
         print(f"clock: {days:g} days in {seconds:g} seconds ({speed:,.0f}x)\n")
 
         plan = read_with_progress(workspace / "leads.csv", source="demo", check_deliverability=False)
@@ -80,6 +91,8 @@ async def run_demo(*, workspace: Path | None, days: float, seconds: float) -> in
 
             clock = AcceleratedClock(speed)
             start = clock.now()
+            recipients = Recipients(clock=clock)
+            print("simulated recipients: " + ", ".join(f"{email.split('@')[0]} ({persona})" for email, persona in PERSONAS.items() if "xn--" not in email) + "\n")
 
             def show(message: ClaimedMessage, outcome: Outcome, subject: str) -> None:
                 lead = message.lead
@@ -93,14 +106,18 @@ async def run_demo(*, workspace: Path | None, days: float, seconds: float) -> in
                     f"day {day:4.1f}  {local:%a %H:%M} {local.tzname():>5}  {outcome.state.value:<8} "
                     f"{message.step_id:<11} → {name} <{lead.email}>\n      “{subject}”{reply}{where}"
                 )
+                if received is not None:
+                    recipients.received(lead.email, message.step_id, received.parsed())
 
             daemon = Daemon(config=config, store=store, clock=clock, on_outcome=show)
             stop = asyncio.Event()
-            watcher = asyncio.create_task(_stop_when_done(store, clock, start + timedelta(days=days), stop))
-            report = await daemon.serve(stop)
-            await watcher
+            async with recipients:
+                watcher = asyncio.create_task(_stop_when_done(store, clock, start + timedelta(days=days), stop, recipients))
+                report = await daemon.serve(stop)
+                await watcher
             enrollments = await store.enrollment_counts()
             steps = await store.step_counts()
+            figures = await store.step_figures(None)
     print(
         f"\n{report.outcomes.get('sent', 0)} messages sent, {len(server.messages)} received; "
         f"enrollments: {', '.join(f'{k} {v}' for k, v in sorted(enrollments.items()))}"
@@ -110,9 +127,22 @@ async def run_demo(*, workspace: Path | None, days: float, seconds: float) -> in
             step_counts = steps.get((scenario.name, step.id), {})
             detail = ", ".join(f"{kind} {n}" for kind, n in sorted(step_counts.items())) or "none yet"
             print(f"  {scenario.name} / {step.id:<11} {detail}")
-    print(f"open the messages in {inbox} (any mail client reads .eml), or run")
+    print("\nwhat the simulated recipients did: " + ", ".join(f"{what} {n}" for what, n in sorted(recipients.did.items())))
+    order = {scenario.name: [step.id for step in scenario.steps] for scenario in daemon.scenarios.values()}
+    print("what the engine counted (machine opens and clicks never score, branch or unsubscribe):")
+    print(format_table(build_report(figures, step_order=order, scenario=None)))
+    print(f"\nopen the messages in {inbox} (any mail client reads .eml), or run")
+    print(f"  mailer --config {workspace / 'mailer.toml'} report")
     print(f"  mailer --config {workspace / 'mailer.toml'} status")
     return 0
+
+
+def _free_port() -> int:
+    """A loopback port for the tracking server: links must name it before the server starts."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
 
 
 def _refuse_a_real_workspace(workspace: Path) -> None:
@@ -128,13 +158,14 @@ def _refuse_a_real_workspace(workspace: Path) -> None:
         )
 
 
-async def _stop_when_done(store: Store, clock: AcceleratedClock, deadline: datetime, stop: asyncio.Event) -> None:
-    """Stop the daemon at the deadline, or once every enrollment and message is finished."""
+async def _stop_when_done(store: Store, clock: AcceleratedClock, deadline: datetime, stop: asyncio.Event, recipients: Recipients) -> None:
+    """Stop the daemon at the deadline, or once every enrollment, message and recipient is done."""
     while clock.now() < deadline:
         await asyncio.sleep(0.2)
         enrollments = await store.enrollment_counts()
         messages = await store.message_counts()
         pending = sum(messages.get(state, 0) for state in ("queued", "sending", "deferred"))
-        if enrollments and not enrollments.get("active") and not pending:
+        if enrollments and not enrollments.get("active") and not pending and recipients.idle():
             break
+    await recipients.settle()
     stop.set()

@@ -64,10 +64,11 @@ class Agent:
 # review them against the vendor's current list (each `source` says where it came from).
 AGENTS: tuple[Agent, ...] = (
     Agent(
-        "apple-mpp", MACHINE, "privacy-proxy", exact_user_agent="mozilla/5.0", networks=("17.0.0.0/8",), both=True,
+        "apple-mpp", MACHINE, "privacy-proxy", exact_user_agent="mozilla/5.0",
         source="Apple Mail Privacy Protection (iOS 15+, macOS 12+) fetches remote content on delivery through "
-        "Apple's proxies, sending the bare UA 'Mozilla/5.0'; 17.0.0.0/8 is Apple's (ARIN NET-17), the "
-        "egress ranges Apple publishes for its relays",
+        "Apple's proxies, sending the bare UA 'Mozilla/5.0'. The UA alone decides: the proxies egress from "
+        "Apple's 17.0.0.0/8 (ARIN NET-17) and from CDN partners' ranges too, and no person's mail client "
+        "or browser sends that bare string, while people at Apple do browse from 17.0.0.0/8",
     ),
     Agent(
         "google-image-proxy", PROXY, "", user_agents=("googleimageproxy",),

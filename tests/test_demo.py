@@ -16,7 +16,8 @@ async def test_demo_sends_the_example_nurture_and_saves_every_message(tmp_path: 
     assert await run_demo(workspace=tmp_path / "demo", days=10, seconds=5) == 0
     out = capsys.readouterr().out
     saved = sorted((tmp_path / "demo" / "inbox").glob("*.eml"))
-    assert f"{len(saved)} messages sent, {len(saved)} received; enrollments: completed 7" in out
+    # The leaver unsubscribes through the one-click endpoint, which takes them out of the scenario.
+    assert f"{len(saved)} messages sent, {len(saved)} received; enrollments: completed 6, exited 1" in out
     assert len(saved) >= 4 * 5, "every lead gets at least the first three steps"
     subjects = set()
     for path in saved:
@@ -25,6 +26,11 @@ async def test_demo_sends_the_example_nurture_and_saves_every_message(tmp_path: 
         assert str(path) in out
     assert "【Northwind】山田様、トライアルへようこそ" in subjects
     assert "trial-nurture / demo-offer  sent" in out and "skipped" in out
+    # What the simulated people did is what the engine counted as human; the machines apart.
+    did = dict(item.rsplit(" ", 1) for item in out.split("what the simulated recipients did: ")[1].split("\n")[0].split(", "))
+    total = [line.split() for line in out.splitlines() if line.startswith("trial-nurture  (total)")][0]
+    assert (total[6], total[8], total[11]) == (did["human open"], did["human click"], did["one-click unsubscribe"])
+    assert int(total[13]) == int(did["proxy pixel fetch"]) and int(total[14]) >= 1  # machine opens, clicks
 
 
 async def test_the_demo_refuses_a_real_workspace(tmp_path: Path) -> None:

@@ -49,11 +49,11 @@ def test_head_is_a_machine_for_opens_and_clicks() -> None:
     assert click(method="HEAD").reason == "head"
 
 
-def test_apple_mpp_needs_both_its_user_agent_and_apples_network() -> None:
-    """Apple MPP is the bare 'Mozilla/5.0' from 17.0.0.0/8; either alone is not enough."""
+def test_apple_mpp_is_its_bare_user_agent_from_any_network() -> None:
+    """Apple MPP sends the bare 'Mozilla/5.0' from Apple's and partners' networks; Apple's network alone is a person."""
     mpp = judge_open(method="GET", user_agent="Mozilla/5.0", ip="17.58.101.4", at=LATER, sent_at=SENT)
     assert mpp.machine and mpp.reason == "privacy-proxy" and mpp.agent == "apple-mpp"
-    assert not judge_open(method="GET", user_agent="Mozilla/5.0", ip=HOME_IP, at=LATER, sent_at=SENT).machine
+    assert judge_open(method="GET", user_agent="Mozilla/5.0", ip=HOME_IP, at=LATER, sent_at=SENT).machine
     assert not judge_open(method="GET", user_agent=CHROME, ip="17.58.101.4", at=LATER, sent_at=SENT).machine
 
 
