@@ -152,7 +152,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--store", type=Path, default=None, help="SQLite file to keep the budget in (default: a temp file)")
     parser.add_argument("--decisions", action="store_true", help="print every throttle decision")
+    parser.add_argument("--quick", action="store_true", help="a CI-sized run: the same 30 days, a fifth of the demand")
     args = parser.parse_args(argv)
+    if args.quick:
+        args.demand = min(args.demand, 2_000)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as scratch:
         store = args.store or Path(scratch) / "warmup.db"
