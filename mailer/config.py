@@ -82,6 +82,10 @@ class DeliveryConfig:
     helo: str = ""  # direct mode's EHLO name (match the sending IP's PTR); empty: this host's FQDN
     require_tls: bool = False  # direct mode: never deliver without STARTTLS (any certificate)
     mta_sts: bool = True  # direct mode: honour recipient domains' MTA-STS policies (RFC 8461)
+    # Check each From domain's DNS at start and refuse one that fails hard (mailer.sendingdomains).
+    # Unwritten: on in direct mode; off with a relay, whose IP (what SPF checks) is not known here.
+    check_domains: bool = False
+    allow_failing_domains: tuple[str, ...] = ()  # From domains sent from despite hard failures
 
 
 @dataclass(frozen=True)
@@ -295,6 +299,8 @@ def parse_config(raw: dict[str, Any], *, text: str = "", path: Path | None = Non
     for key, value in raw.items():
         if key in _PATH_KEYS:
             values[key] = base / _expect(value, str, key, where)
+        elif key == "delivery":
+            values[key] = _delivery(value, where)
         elif key in _SECTIONS:
             values[key] = _section(_SECTIONS[key], value, key, where)
         elif key == "identities":
@@ -357,6 +363,17 @@ def parse_config(raw: dict[str, Any], *, text: str = "", path: Path | None = Non
         if list_config.sender not in config.identities:
             raise where.error(f"lists.{name}.sender", f"no identity named {list_config.sender!r}", "name one of [identities.*]")
     return config
+
+
+def _delivery(value: Any, where: _Locator) -> DeliveryConfig:
+    table = dict(_expect(value, dict, "delivery", where))
+    allowed = table.pop("allow_failing_domains", [])
+    if not isinstance(allowed, list) or not all(isinstance(name, str) and _HOSTNAME.fullmatch(name) for name in allowed):
+        raise where.error("delivery.allow_failing_domains", f"not a list of domain names: {allowed!r}", 'write e.g. ["acme.example"]')
+    delivery: DeliveryConfig = _section(DeliveryConfig, table, "delivery", where)
+    if "check_domains" not in table:
+        delivery = dataclasses.replace(delivery, check_domains=delivery.mode == "direct")
+    return dataclasses.replace(delivery, allow_failing_domains=tuple(name.lower() for name in allowed))
 
 
 def _warmup(value: Any, where: _Locator) -> WarmupConfig:
@@ -611,6 +628,10 @@ mode = "relay"                   # "relay" ([relay] above) or "direct" (to each 
 helo = ""                        # direct: EHLO name, the sending IP's PTR name; empty = this host's
 require_tls = false              # direct: refuse to deliver without STARTTLS
 mta_sts = true                   # direct: honour MTA-STS policies (RFC 8461)
+# check_domains = true           # at start, check each From domain's SPF, DKIM and DMARC and refuse
+                                 # (pause) one that fails hard; unwritten: on in direct mode, off with
+                                 # a relay; `mailer check-domain` shows the same report
+allow_failing_domains = []       # From domains sent from despite hard failures, e.g. ["acme.example"]
 
 [timeouts]                       # seconds; defaults are RFC 5321 4.5.3.2's minimums
 connect = 300

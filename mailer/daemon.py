@@ -8,6 +8,12 @@ The scheduler finds due enrollments through the `enrollments_due` index, never b
 leads. A message is claimed (leased) just before its attempt, and its state moves only when
 the attempt's outcome is written. SIGTERM stops claiming, lets the transactions under way
 finish, writes their outcomes, hands unstarted claims back to the queue and returns.
+
+Before an attempt the message must pass its sending domain (`mailer.sendingdomains`: refused
+at start by its DNS, or braked by complaints) and find budget at its receiving provider from a
+sending IP (`mailer.outbound`, `mailer.warmupbudget`); otherwise it is held: deferred without
+an attempt, so waiting never makes it expire. The reply goes back to the budget, which slows or
+pauses that provider for that IP and raises it again after a clean period.
 """
 
 from __future__ import annotations
@@ -21,6 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from datetime import datetime, timedelta
+
+import dns.asyncresolver
 
 from mailer.clock import Clock
 from mailer.conditions import Engagement
@@ -39,7 +47,6 @@ from mailer.reply import SMTPReply, Verdict
 from mailer.bouncing import BounceIntake
 from mailer.inbound import BounceListener
 from mailer.bouncepolicy import SUPPRESSION_REASONS, Action, BouncePolicy, decide, deferral_matters, suppresses
-from mailer.cooldown import ProviderCooldowns, provider_of
 from mailer.classify import classify_reply
 from mailer.reasons import SENDER_PROBLEMS, BounceClass, Reason
 from mailer.reply import SESSION_COMMANDS
@@ -48,7 +55,13 @@ from mailer.tokens import Signer
 from mailer.verp import verp_address
 from mailer.scenario import Scenario, load_scenarios
 from mailer.store import BounceRecord, ClaimedMessage, EnrollmentUpdate, NewMessage, Outcome, Store
-from mailer.transport import Envelope, SMTPConnection, SMTPTransport
+from mailer.transport import Envelope, Transport
+from mailer.consent import OPTIN_SCENARIO
+from mailer.domaincheck import make_resolver
+from mailer.outbound import Hold, Outbound
+from mailer.sendingdomains import SendingDomains, domain_of_address
+from mailer.warmup import WarmupPlan, prioritize
+from mailer.warmupshell import load_budget, save_budget
 
 log = logging.getLogger("mailer.daemon")
 
@@ -56,7 +69,9 @@ ENTRY_PAGE = 500
 DUE_PAGE = 500
 # A claimed message is leased for longer than the longest SMTP phase may take.
 LEASE = timedelta(minutes=30)
-IDLE_CONNECTION_SECONDS = 2.0  # real time a worker keeps an idle SMTP session open
+# While an IP warms up, leads who opened or clicked within this period go first (Gmail's
+# sender guidelines: "send to engaged users first" when ramping up a new IP).
+ENGAGEMENT_WINDOW = timedelta(days=90)
 FLUSH_SECONDS = 0.05  # real time outcomes may wait to be written with others
 ROUND_BACKOFF_SECONDS = 1.0  # real time to wait after a failed round before the next
 FINAL_FLUSH_ATTEMPTS = 10
@@ -84,14 +99,24 @@ class Daemon:
         config: Config,
         store: Store,
         clock: Clock,
-        transport: SMTPTransport | None = None,
+        transport: Transport | None = None,
         on_outcome: OutcomeListener | None = None,
         rng: random.Random | None = None,
+        resolver: dns.asyncresolver.Resolver | None = None,
     ) -> None:
+        """`transport` None: [delivery] mode's, from each sending IP; `resolver` None: the
+        system's, for the sending domain check at start ([delivery] check_domains)."""
         self.config = config
         self.store = store
         self.clock = clock
-        self.transport = transport or SMTPTransport(config.relay, config.timeouts)
+        self.rng = rng or random.Random()
+        self.resolver = resolver
+        self.warmup_plan = WarmupPlan.from_config(config)
+        self.outbound = Outbound(config=config, plan=self.warmup_plan, transport=transport, rng=self.rng)
+        warmup = config.warmup
+        self.domains = SendingDomains(
+            thresholds=(warmup.complaint_warn, warmup.complaint_stop), allow_failing=config.delivery.allow_failing_domains
+        )
         # Every message's links (pixel, clicks, unsubscribe) are signed with the workspace key.
         self.links = Links(Signer(config.secret_keys()), config.tracking.public_base)
         renderer = Renderer(config.templates)
@@ -102,10 +127,8 @@ class Daemon:
         self.tracker: TrackingServer | None = None
         self.retry = RetryPolicy.from_config(config.retry)
         self.bounce_policy = BouncePolicy(config.bounces.soft_limit, config.bounces.soft_window)
-        self.cooldowns = ProviderCooldowns()
         self.signer = Signer(config.secret_keys()) if config.bounces.domain else None
         self.on_outcome = on_outcome
-        self.rng = rng or random.Random()
         self.report = Report()
         self.scenarios: dict[str, Scenario] = {}
         self.scenario_errors: list[ScenarioError] = []
@@ -138,8 +161,13 @@ class Daemon:
         recovered = await self.store.recover_in_flight(now=self.clock.now())
         if recovered:
             log.warning("%d messages were in flight at the last stop; they are queued again", recovered)
+        # today's warm-up use and the throttles: a restart does not reset a day's budget
+        self.outbound.budget = await load_budget(self.store, self.warmup_plan, self.clock.now())
         if not self.scenarios:
             self.load_scenarios()
+        if self.config.delivery.check_domains:
+            await self._check_domains()
+        await self.domains.load(self.store, self.clock.now(), self._domain_of)
         listener = await self._start_listener()
         if self.config.tracking.enabled:
             self.tracker = TrackingServer(config=self.config, store=self.store, links=self.links, clock=self.clock)
@@ -152,6 +180,7 @@ class Daemon:
             while not stop.is_set():
                 try:
                     now = self.clock.now()
+                    await self.domains.refresh(self.store, now, self._domain_of)
                     if now >= next_entry:
                         await self.enter_leads(now)
                         next_entry = now + self.config.scheduler.entry_interval
@@ -168,6 +197,7 @@ class Daemon:
         finally:
             self._stopping = True
             await self._drain(workers)
+            await self.outbound.close()  # QUIT the pooled sessions
             self._flush_stop.set()
             await flusher  # lets a flush under way finish: cancelling it could lose outcomes
             await self._final_flush()
@@ -176,6 +206,34 @@ class Daemon:
             if self.tracker is not None:
                 await self.tracker.stop()  # writes the tracking events still queued
         return self.report
+
+    async def _check_domains(self) -> None:
+        """Check each From domain's DNS; a domain failing hard is refused (mailer.sendingdomains)."""
+        try:
+            resolver = self.resolver or make_resolver(None, timeout=3.0)
+        except MailerError as error:
+            log.warning("sending domains not checked: %s", error)
+            return
+        scenarios: dict[str, list[str]] = {}
+        for scenario in self.scenarios.values():
+            scenarios.setdefault(self._from_domain(scenario), []).append(scenario.name)
+        await self.domains.check(self.config, resolver, scenarios=scenarios)
+
+    def _from_domain(self, scenario: Scenario) -> str:
+        return domain_of_address(self._identity(scenario).from_address)
+
+    def _domain_of(self, scenario: str, step_id: str) -> str | None:
+        """The From domain of a scenario's messages (of a list's, for a confirmation); None if unknown."""
+        if scenario == OPTIN_SCENARIO:
+            identity = self.config.identities.get(self.config.list_config(step_id).sender)
+        else:
+            found = self.scenarios.get(scenario)
+            identity = self.config.identities.get(found.sender) if found is not None else None
+        return domain_of_address(identity.from_address) if identity is not None else None
+
+    def _sending_scenarios(self, now: datetime) -> list[str]:
+        """The loaded scenarios whose sending domain is not held (refused at start, or braked)."""
+        return [name for name, s in self.scenarios.items() if self.domains.hold(self._from_domain(s), now) is None]
 
     async def _start_listener(self) -> BounceListener | None:
         """The inbound SMTP listener for the bounce domain, when one is configured."""
@@ -205,7 +263,7 @@ class Daemon:
         """Sleep until something may be due, a worker frees capacity, or stop."""
         now = self.clock.now()
         wake_at = min(now + self.config.scheduler.poll_interval, next_entry)
-        due = await self.store.next_wakeup(scenarios=list(self.scenarios))
+        due = await self.store.next_wakeup(scenarios=self._sending_scenarios(now))
         if due is not None:
             wake_at = min(wake_at, max(due, now))
         delay = (wake_at - now).total_seconds()
@@ -225,7 +283,10 @@ class Daemon:
         """Enroll the leads that match each scenario's entry rule and may enter."""
         self.load_scenarios()
         entered = 0
+        sending = set(self._sending_scenarios(now))
         for scenario in self.scenarios.values():
+            if scenario.name not in sending:
+                continue  # its sending domain is held: it enrolls nobody meanwhile
             after = 0
             while True:
                 candidates = await self.store.entry_candidates(
@@ -257,7 +318,7 @@ class Daemon:
         """Plan every due enrollment; returns whether there was any."""
         any_due = False
         while True:
-            due = await self.store.due_enrollments(now=now, limit=DUE_PAGE, scenarios=list(self.scenarios))
+            due = await self.store.due_enrollments(now=now, limit=DUE_PAGE, scenarios=self._sending_scenarios(now))
             if not due:
                 return any_due
             any_due = True
@@ -322,54 +383,58 @@ class Daemon:
         if room < max(1, self.config.delivery.batch_size // 2) or self._stopping:
             return False
         claimed = await self.store.claim_messages(now=now, limit=room, lease=LEASE)
+        if claimed and self.outbound.warming(now):
+            claimed = await self._engaged_first(claimed, now)
         for message in claimed:
             self._in_flight += 1
             self._queue.put_nowait(message)
         return bool(claimed)
 
+    async def _engaged_first(self, claimed: list[ClaimedMessage], now: datetime) -> list[ClaimedMessage]:
+        """The claimed batch with the leads who opened or clicked most first: a warming IP's
+        scarce budget goes to them, and the messages it cannot take now are held and return.
+
+        Only within the batch (up to [delivery] batch_size messages due now): ordering the whole
+        queue by engagement would cost a join per claim; a warming IP's budget is far smaller
+        than a batch, so the batch is where the choice is made.
+        """
+        try:
+            scores = await self.store.engagement_scores([m.lead.id or 0 for m in claimed], since=now - ENGAGEMENT_WINDOW)
+        except Exception:  # the order is a preference: the claimed messages must go out anyway
+            log.exception("reading engagement failed; sending in the usual order")
+            return claimed
+        return prioritize(claimed, lambda message: scores.get(message.lead.id or 0, 0))
+
     # -- delivery ------------------------------------------------------------------------
 
     async def _worker(self) -> None:
-        connection: SMTPConnection | None = None
-        try:
-            while not self._stopping:
-                try:
-                    message = await asyncio.wait_for(self._queue.get(), IDLE_CONNECTION_SECONDS)
-                except TimeoutError:
-                    if connection is not None:
-                        await connection.close()
-                        connection = None
-                    continue
-                if message is None:  # the drain's signal: nothing more will come
-                    break
-                if connection is None or not connection.usable:
-                    connection = self.transport.connection()
-                try:
-                    await self.deliver(message, connection)
-                finally:
-                    self._in_flight -= 1
-                    self._wake.set()
-                if connection.delivered >= self.config.delivery.messages_per_connection:
-                    await connection.close()
-                    connection = None
-        finally:
-            if connection is not None:
-                await connection.close()
+        # Sessions live in the transport's pool (reused per relay or MX host, closed when idle).
+        while not self._stopping:
+            message = await self._queue.get()
+            if message is None:  # the drain's signal: nothing more will come
+                break
+            try:
+                await self.deliver(message)
+            finally:
+                self._in_flight -= 1
+                self._wake.set()
 
-    async def deliver(self, message: ClaimedMessage, connection: SMTPConnection) -> Outcome:
+    async def deliver(self, message: ClaimedMessage) -> Outcome:
         """One attempt for one claimed message, its outcome queued for writing."""
         try:
-            outcome, summary = await self._attempt(message, connection)
+            outcome, summary = await self._attempt(message)
         except Exception as error:  # a bug must not strand the message in `sending`
             log.exception("unexpected error delivering %s", message.message_id)
-            await connection.discard()
             detail = f"internal error: {type(error).__name__}: {error}"
             outcome, summary = self._temporary(message, self.clock.now(), None, detail=detail), ""
         self._pending.append(outcome)
         self.report.count(outcome.state)
         if outcome.state is not MessageState.SENT:
             retry = f"; next try {outcome.next_attempt_at:%Y-%m-%d %H:%M} UTC" if outcome.next_attempt_at else ""
-            log.warning(
+            # a held message (no budget, a held domain) is routine: their reasons are logged once, where decided
+            held = outcome.state is MessageState.DEFERRED and not outcome.attempted
+            log.log(
+                logging.DEBUG if held else logging.WARNING,
                 "%s %s → %s (%s/%s): %s%s", outcome.state.value, message.message_id, message.lead.email,
                 message.scenario, message.step_id, outcome.reply or outcome.detail, retry,
             )
@@ -379,7 +444,7 @@ class Daemon:
             await self.flush()
         return outcome
 
-    async def _attempt(self, message: ClaimedMessage, connection: SMTPConnection) -> tuple[Outcome, str]:
+    async def _attempt(self, message: ClaimedMessage) -> tuple[Outcome, str]:
         now = self.clock.now()
         lead = message.lead
         scenario = self.scenarios.get(message.scenario)
@@ -395,12 +460,14 @@ class Daemon:
                 # The file is broken or gone for now: keep the message and try it later.
                 return self._temporary(message, now, None, detail=f"scenario {message.scenario!r} is not loaded"), ""
             identity = self._identity(scenario)
-        paused = self.cooldowns.paused_until(provider_of(lead.email), now)
-        if paused is not None:
-            # The provider refused us a moment ago: no attempt, the message waits it out.
-            return self._outcome(
-                message, MessageState.DEFERRED, now, next_attempt_at=paused, detail="provider paused after refusing us", attempted=False
-            ), ""
+        from_domain = domain_of_address(identity.from_address)
+        held = self.domains.hold(from_domain, now)
+        if held is not None:
+            return self._held(message, now, held), ""
+        provider = await self.outbound.receiver(lead.email)
+        ip = self.outbound.pick(provider, now)
+        if isinstance(ip, Hold):
+            return self._held(message, now, ip), ""
         try:
             if message.is_confirmation:
                 composed = self.optin.compose(lead, message.step_id, message_id=message.message_id, now=now)
@@ -416,10 +483,16 @@ class Daemon:
             bounces = self.config.bounces
             sender = verp_address(self.signer, message=message.id, local_part=bounces.local_part, domain=bounces.domain)
         envelope = Envelope(wire_address(sender), wire_address(lead.email), composed.smtputf8)
-        reply = await connection.send(envelope, wire)
+        # composing awaited nothing since `pick`: no other worker took that budget meanwhile
+        grant = self.outbound.reserve(ip, provider, now)
+        if grant is None:
+            return self._held(message, now, Hold(now + timedelta(minutes=1), f"warm-up budget of {ip} for {provider} spent")), ""
+        reply = await self.outbound.send(grant, envelope, wire, now=self.clock.now)
         subject = composed.parts.subject
         now = self.clock.now()
+        self.outbound.record(grant, reply, now)
         if reply.verdict is Verdict.ACCEPTED:
+            self.domains.count_sent(from_domain, now)
             return self._outcome(message, MessageState.SENT, now, reply=reply), subject
         return await self._refused(message, now, reply), subject
 
@@ -448,11 +521,8 @@ class Daemon:
         action = decide(reason, bounce_class, earlier_soft=earlier, policy=self.bounce_policy)
         outcome = self._outcome(message, MessageState.FAILED, now, reply=reply) if suppresses(action) else retried
         if action is Action.SENDER_ALERT:
-            until = self.cooldowns.refused(provider_of(lead.email), now)
-            log.warning(
-                "deliverability alert: %s refused us for %s: %s (%s); pausing %s until %s",
-                reply.host, lead.email, reply, reason, provider_of(lead.email), f"{until:%Y-%m-%d %H:%M} UTC",
-            )
+            # the warm-up budget was told the reply: a block pauses that provider for this IP
+            log.warning("deliverability alert: %s refused us for %s: %s (%s)", reply.host, lead.email, reply, reason)
         bounce = BounceRecord(
             at=now, source="smtp", email=lead.email, kind="bounce", reason=reason.value,
             bounce_class=bounce_class.value, action=action.value, status=reply.enhanced, reply_code=reply.code,
@@ -472,6 +542,10 @@ class Daemon:
             return self._outcome(message, MessageState.EXPIRED, now, reply=reply, detail=detail, attempted=attempted)
         return self._outcome(message, MessageState.DEFERRED, now, reply=reply, next_attempt_at=retry_at, detail=detail, attempted=attempted)
 
+    def _held(self, message: ClaimedMessage, now: datetime, hold: Hold) -> Outcome:
+        """Not attempted: back at `hold.until`, neither counted as an attempt nor ever expiring for it."""
+        return self._outcome(message, MessageState.DEFERRED, now, next_attempt_at=hold.until, detail=hold.reason, attempted=False)
+
     @staticmethod
     def _outcome(message: ClaimedMessage, state: MessageState, at: datetime, **extra: object) -> Outcome:
         return Outcome(message=message.id, lead_id=message.lead.id or 0, state=state, at=at, **extra)  # type: ignore[arg-type]
@@ -479,15 +553,18 @@ class Daemon:
     # -- writing outcomes ----------------------------------------------------------------
 
     async def flush(self) -> None:
-        """Write the outcomes gathered so far in one transaction; on failure keep them."""
+        """Write the outcomes gathered so far in one transaction, then the warm-up counters
+        and throttles that changed; on failure keep them for the next flush."""
         pending, self._pending = self._pending, []
-        if not pending:
-            return
-        try:
-            await self.store.record_outcomes(pending)
-        except BaseException:
-            self._pending[:0] = pending
-            raise
+        if pending:
+            try:
+                await self.store.record_outcomes(pending)
+            except BaseException:
+                self._pending[:0] = pending
+                raise
+        for decision in self.outbound.budget.take_decisions():
+            log.warning("warm-up: %s", decision)
+        await save_budget(self.store, self.outbound.budget)
 
     async def _flush_forever(self) -> None:
         while not self._flush_stop.is_set():

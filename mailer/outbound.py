@@ -1,0 +1,181 @@
+"""Where a message leaves from, and when: its receiving provider, a sending IP with budget left,
+a connection slot, and the transport bound to that IP.
+
+The decisions are pure and live elsewhere: `mailer.providers` names the provider from the MX
+hosts, `mailer.warmupbudget` counts against the warm-up caps and adapts to the replies. This is
+the shell the daemon asks before an attempt (`receiver`, `pick`, `reserve`) and tells after it
+(`record`). A message without budget is not attempted: it gets a `Hold`, a time to come back,
+which is not a delivery attempt and never makes a message expire.
+
+Unrecognised receivers are one provider, `other`, for the warm-up shares and limits, but each
+site (the organizational domain of its first MX host, or of the recipient domain with a relay)
+is throttled on its own: a company gateway that refuses us must not pause mail to every other
+company, as Postfix keeps its per-destination concurrency and backoff per domain.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import random
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from functools import lru_cache
+
+from mailer.config import Config
+from mailer.direct import DirectTransport
+from mailer.dmarc import organizational_domain
+from mailer.providers import OTHER, provider_for
+from mailer.reply import SMTPReply
+from mailer.transport import Envelope, SMTPTransport, Transport, make_transport
+from mailer.warmup import SendingIP, WarmupPlan
+from mailer.warmupbudget import Grant, WarmupBudget
+
+# How far past the opening a held message comes back, drawn at random so the held messages
+# return spread out rather than all at the opening (the retry schedule's jitter does the same).
+PACE_JITTER = timedelta(minutes=10)  # the per-minute rate: opens again within a minute
+CAP_JITTER = timedelta(minutes=30)  # an hourly or daily cap: opens at the top of an hour
+PAUSE_JITTER = timedelta(minutes=5)  # a paused provider: the throttle lets few through at first
+SendFunction = Callable[[Envelope, bytes], Awaitable[SMTPReply]]
+
+
+@dataclass(frozen=True)
+class Hold:
+    """No attempt now: when to come back, and why (for the log and the message's event)."""
+
+    until: datetime
+    reason: str
+
+
+@lru_cache(maxsize=4096)
+def _site(name: str) -> str:
+    return organizational_domain(name)
+
+
+class Outbound:
+    """The sending IPs' budget, connection slots and transports, shared by the daemon's workers."""
+
+    def __init__(self, *, config: Config, plan: WarmupPlan, transport: Transport | None, rng: random.Random) -> None:
+        """`transport` None: built from the config, one relay session source per sending IP
+        (direct mode: one `DirectTransport`, told each IP's source address per message)."""
+        self.plan = plan
+        self.budget = WarmupBudget(plan)
+        self.rng = rng
+        self.transport = transport or make_transport(config)
+        self._senders: dict[str, SendFunction] = {}
+        self._built: list[SMTPTransport] = []
+        if transport is None and isinstance(self.transport, SMTPTransport):
+            base = self.transport
+            for ip in plan.ips:
+                if ip.address or ip.helo:
+                    relay = dataclasses.replace(config.relay, helo=ip.helo or config.relay.helo)
+                    own = SMTPTransport(relay, config.timeouts, messages_per_connection=config.delivery.messages_per_connection)
+                    own.endpoint = dataclasses.replace(own.endpoint, source_address=ip.address)
+                    self._built.append(own)
+                    self._senders[ip.name] = own.send
+                else:
+                    self._senders[ip.name] = base.send
+        self._busy: Counter[tuple[str, str]] = Counter()
+        self._freed = asyncio.Condition()
+
+    # -- before an attempt ----------------------------------------------------------------
+
+    async def receiver(self, email: str) -> str:
+        """The budget key of the recipient's provider: `gmail`, `microsoft`, …, or `other:<site>`.
+
+        In direct mode the MX hosts come from the transport's route cache, the same lookup its
+        `send` uses; with a relay none are known and the well-known domains decide.
+        """
+        domain = email.rpartition("@")[2].lower()
+        mx: tuple[str, ...] = ()
+        if isinstance(self.transport, DirectTransport):
+            mx = await self.transport.mx_names(domain)
+        provider = provider_for(mx, domain)
+        if provider != OTHER:
+            return provider
+        return f"{OTHER}:{_site(mx[0] if mx else domain)}"
+
+    def warming(self, now: datetime) -> bool:
+        """Whether any sending IP is within its warm-up schedule today."""
+        return any(self.budget.warming(ip.name, now) for ip in self.plan.ips)
+
+    def pick(self, provider: str, now: datetime) -> str | Hold:
+        """The sending IP with budget left for `provider`, or when the first one opens again."""
+        name = self.budget.pick_ip(provider, now)
+        if name is not None:
+            return name
+        openings = [(*self.budget.next_opening(ip.name, provider, now), ip.name) for ip in self.plan.ips]
+        at, why, name = min(openings)
+        if self.budget.throttle(name, provider, now).state(now) == "paused":
+            spread = PAUSE_JITTER
+        elif at - now <= timedelta(minutes=1):
+            spread = PACE_JITTER
+        else:
+            spread = CAP_JITTER
+        until = max(at, now + timedelta(seconds=1)) + spread * self.rng.random()
+        return Hold(until, f"warm-up budget: {why}")
+
+    def reserve(self, ip: str, provider: str, now: datetime) -> Grant | None:
+        return self.budget.reserve(ip, provider, now)
+
+    def release(self, grant: Grant) -> None:
+        self.budget.release(grant)
+
+    # -- the attempt ----------------------------------------------------------------------
+
+    async def send(self, grant: Grant, envelope: Envelope, message: bytes, *, now: Callable[[], datetime]) -> SMTPReply:
+        """Send from the grant's IP once a connection slot of (IP, provider) is free.
+
+        The slots follow the provider's concurrency scaled by its throttle (`limits`), read
+        again whenever a slot frees, so a slowed provider gets fewer connections at once.
+        """
+        key = (grant.ip, grant.provider)
+
+        def free() -> bool:
+            return self._busy[key] < self.budget.limits(grant.ip, grant.provider, now()).concurrency
+
+        async with self._freed:
+            await self._freed.wait_for(free)
+            self._busy[key] += 1
+        try:
+            return await self._sender(self.plan.ip(grant.ip))(envelope, message)
+        finally:
+            async with self._freed:
+                self._busy[key] -= 1
+                if not self._busy[key]:
+                    del self._busy[key]
+                self._freed.notify_all()
+
+    def _sender(self, ip: SendingIP) -> SendFunction:
+        found = self._senders.get(ip.name)
+        if found is not None:
+            return found
+        transport = self.transport
+        if isinstance(transport, DirectTransport):
+            direct = transport
+
+            async def from_ip(envelope: Envelope, message: bytes) -> SMTPReply:
+                return await direct.send(envelope, message, source_address=ip.address)
+
+            found = from_ip
+        else:
+            found = transport.send  # a transport given by the caller sends from wherever it does
+        self._senders[ip.name] = found
+        return found
+
+    def record(self, grant: Grant, reply: SMTPReply, now: datetime) -> None:
+        """Tell the budget how the attempt ended; one that never reached a server gives its budget back.
+
+        No connection at all (no route in DNS, nobody listening) is no message the provider
+        counted, so it takes nothing from the warm-up budget; a 421 greeting is a reply, and the
+        strongest signal there is (RFC 5321 3.8: the server will not serve us now).
+        """
+        if reply.command == "DNS" or (reply.code is None and reply.command == "CONNECT"):
+            self.budget.record_reply(grant, None, now)
+        else:
+            self.budget.record_reply(grant, reply, now)
+
+    async def close(self) -> None:
+        await asyncio.gather(self.transport.close(), *(transport.close() for transport in self._built))
