@@ -45,6 +45,7 @@ from inscriptis import get_text
 from inscriptis.css_profiles import CSS_PROFILES
 from inscriptis.model.config import ParserConfig
 from jinja2.sandbox import SandboxedEnvironment
+from mailer.sandbox import LimitedSandbox
 
 from mailer.errors import TemplateError
 from mailer.linkrewrite import CLICK_FILTER, CURRENT, UNSUBSCRIBE_VARIABLE, MessageLinks, click_filter, track_anchors, wrap_links
@@ -66,7 +67,7 @@ class RenderedParts:
     text: str
 
 
-class TemplateEnvironment(SandboxedEnvironment):
+class TemplateEnvironment(LimitedSandbox):
     """Jinja's sandbox, with `lead.name` on a plain dict looked up as a key first.
 
     Lead data reaches templates as plain dicts (fields, CSV columns, API attributes), and

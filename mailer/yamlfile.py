@@ -24,6 +24,9 @@ from mailer.errors import ScenarioError
 
 # A scenario is a few kilobytes; a megabyte is already absurd and caps parse time and memory.
 MAX_BYTES = 1024 * 1024
+# A scenario nests a handful of levels (steps, a step, a condition, its any/all); refusing
+# far deeper input on its line beats PyYAML's composer running out of recursion.
+MAX_DEPTH = 64
 
 _CORE = "tag:yaml.org,2002:"
 # The tags SafeLoader resolves plain YAML values to, plus `map` and `seq`. Everything else
@@ -55,12 +58,20 @@ class YamlList(list[Any]):
 class _Loader(yaml.SafeLoader):
     """SafeLoader that refuses anchors and aliases while composing, before any expansion."""
 
+    depth = 0
+
     def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
         event: yaml.Event = self.peek_event()  # type: ignore[no-untyped-call]  # untyped in types-PyYAML
         if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
             problem = "anchors and aliases are not supported in scenario files"
             raise _Refused(problem, _line(event.start_mark), _ANCHOR_HINT)
-        return super().compose_node(parent, index)
+        if self.depth >= MAX_DEPTH:
+            raise _Refused("invalid YAML: nested too deeply", _line(event.start_mark), "flatten the structure")
+        self.depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
 
 
 class _Refused(Exception):
@@ -179,8 +190,8 @@ def _line(mark: Any) -> int:  # Any: the stubs split Mark between yaml.error and
 
 
 def _too_big(file: str) -> ScenarioError:
-    return ScenarioError(
-        f"the file is larger than {MAX_BYTES // 1024 // 1024} MiB", file=file, hint="split it into several scenarios"
+    return ScenarioError(  # line 1: the file as a whole, so that every refusal reads file:line
+        f"the file is larger than {MAX_BYTES // 1024 // 1024} MiB", file=file, line=1, hint="split it into several scenarios"
     )
 
 
