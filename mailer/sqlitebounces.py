@@ -7,16 +7,15 @@ the rule that read it, the action taken, and the suppression that points back at
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
-from contextlib import AbstractAsyncContextManager
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-import aiosqlite
 
 from mailer.lifecycle import MessageState
 from mailer.store import BounceRecord, MessageRef, Suppression
 from mailer.timestamps import from_ms, ms
+from mailer.sqlitetables import StoreTables
 
 
 _BOUNCE_COLUMNS = (
@@ -34,18 +33,8 @@ def _bounce(r: Sequence[Any]) -> BounceRecord:
     )
 
 
-class BounceTables:
-    """Needs the connection, transactions and queries of the store it is mixed into."""
-
-    @property
-    def db(self) -> aiosqlite.Connection:
-        raise NotImplementedError
-
-    def transaction(self) -> AbstractAsyncContextManager[aiosqlite.Connection]:
-        raise NotImplementedError
-
-    async def _fetchall(self, sql: str, params: Iterable[Any] = ()) -> list[Any]:
-        raise NotImplementedError
+class BounceTables(StoreTables):
+    """Mixed into SQLiteStore (see mailer.sqlitetables)."""
 
     async def _insert_bounce(self, bounce: BounceRecord) -> int:
         """Insert a bounce and the suppression it causes; inside the caller's transaction."""

@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
-from contextlib import AbstractAsyncContextManager
 from datetime import datetime
 from typing import Any
 
-import aiosqlite
 
 from mailer.consent import (
     CONFIRMED,
@@ -27,6 +25,7 @@ from mailer.consent import (
 )
 from mailer.store import ConsentRecord, SubscribeResult, Suppression
 from mailer.timestamps import from_ms, ms
+from mailer.sqlitetables import StoreTables
 
 # A lead's suppressions as one column: NULL (the usual case, no JSON to parse) or a JSON
 # array of [list, reason] pairs. Needs the lead's table aliased `l`.
@@ -49,18 +48,8 @@ def suppressions_column(value: str | None) -> frozenset[tuple[str, str]]:
     return frozenset((str(pair[0]), str(pair[1])) for pair in json.loads(value))
 
 
-class ConsentTables:
-    """Needs the connection, transactions and queries of the store it is mixed into."""
-
-    @property
-    def db(self) -> aiosqlite.Connection:
-        raise NotImplementedError
-
-    def transaction(self) -> AbstractAsyncContextManager[aiosqlite.Connection]:
-        raise NotImplementedError
-
-    async def _fetchall(self, sql: str, params: Iterable[Any] = ()) -> list[Any]:
-        raise NotImplementedError
+class ConsentTables(StoreTables):
+    """Mixed into SQLiteStore (see mailer.sqlitetables)."""
 
     async def _one(self, sql: str, params: Iterable[Any] = ()) -> Any:
         rows = await self._fetchall(sql, params)

@@ -8,10 +8,9 @@ events, joined to their messages by primary key. Rates are mailer.report's busin
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
-from typing import Any
 
 from mailer.store import StepFigures
+from mailer.sqlitetables import StoreTables
 
 REPORT_EVENTS = """
     SELECT scenario, step_id, type, machine, count(DISTINCT message_id) FROM events
@@ -45,11 +44,8 @@ _EVENT_FIELDS = {
 }
 
 
-class ReportQueries:
-    """Needs the queries of the store it is mixed into."""
-
-    async def _fetchall(self, sql: str, params: Iterable[Any] = ()) -> list[Any]:
-        raise NotImplementedError
+class ReportQueries(StoreTables):
+    """Mixed into SQLiteStore (see mailer.sqlitetables)."""
 
     async def step_figures(self, scenario: str | None = None) -> list[StepFigures]:
         """Per (scenario, step) with anything recorded, of one scenario or of all."""

@@ -7,11 +7,11 @@ knows which sending domain each one mails from, the store does not.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
 
 from mailer.timestamps import ms
+from mailer.sqlitetables import StoreTables
 
 HOUR_MS = 3_600_000
 # A click says more about a reader than an open (which privacy proxies and image blocking
@@ -19,11 +19,8 @@ HOUR_MS = 3_600_000
 CLICK_WEIGHT = 3
 
 
-class ReputationQueries:
-    """Needs the queries of the store it is mixed into."""
-
-    async def _fetchall(self, sql: str, params: Iterable[Any] = ()) -> list[Any]:
-        raise NotImplementedError
+class ReputationQueries(StoreTables):
+    """Mixed into SQLiteStore (see mailer.sqlitetables)."""
 
     async def sent_per_hour(self, *, since: datetime) -> list[tuple[str, str, int, int]]:
         """(scenario, step id, hour number since the epoch, messages sent) from `since` on.

@@ -10,24 +10,16 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from contextlib import AbstractAsyncContextManager
 from typing import Any
 
-import aiosqlite
 
 from mailer.store import Reclassification, TrackingEvent
 from mailer.timestamps import ms
+from mailer.sqlitetables import StoreTables
 
 
-class TrackingTables:
-    """Needs the connection and transactions of the store it is mixed into."""
-
-    @property
-    def db(self) -> aiosqlite.Connection:
-        raise NotImplementedError
-
-    def transaction(self) -> AbstractAsyncContextManager[aiosqlite.Connection]:
-        raise NotImplementedError
+class TrackingTables(StoreTables):
+    """Mixed into SQLiteStore (see mailer.sqlitetables)."""
 
     async def record_tracking_events(self, events: Sequence[TrackingEvent]) -> int:
         """Insert opens and clicks in one transaction; returns how many were stored."""

@@ -7,16 +7,15 @@ writers never overwrite each other's counts; throttles whole, the latest winning
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from contextlib import AbstractAsyncContextManager
+from collections.abc import Sequence
 from datetime import date, timedelta
 from typing import Any
 
-import aiosqlite
 
 from mailer.throttle import Throttle
 from mailer.timestamps import from_ms, ms
 from mailer.warmupbudget import UsageCount, WarmupChanges
+from mailer.sqlitetables import StoreTables
 
 _THROTTLE_COLUMNS = (
     "ip, provider, multiplier, paused_until, pause_seconds, strikes, last_strike, clean_since, "
@@ -35,18 +34,8 @@ def _throttle(r: Sequence[Any]) -> Throttle:
     )
 
 
-class WarmupTables:
-    """Needs the connection, transactions and queries of the store it is mixed into."""
-
-    @property
-    def db(self) -> aiosqlite.Connection:
-        raise NotImplementedError
-
-    def transaction(self) -> AbstractAsyncContextManager[aiosqlite.Connection]:
-        raise NotImplementedError
-
-    async def _fetchall(self, sql: str, params: Iterable[Any] = ()) -> list[Any]:
-        raise NotImplementedError
+class WarmupTables(StoreTables):
+    """Mixed into SQLiteStore (see mailer.sqlitetables)."""
 
     async def record_warmup(self, changes: WarmupChanges) -> None:
         """Add usage increments and store changed throttles, in one transaction."""
