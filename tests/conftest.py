@@ -54,6 +54,42 @@ steps:
 """
 
 
+ONE_STEP = """
+name: announce
+sender: default
+entry:
+  list: signups
+steps:
+  - id: only
+    wait: 0m
+    subject: "News for {{ lead.first_name }}"
+    template: one.html
+"""
+
+# mailer.toml for tests that run `mailer serve` as a process; {port} is the relay's.
+SERVE_CONFIG = """
+[relay]
+host = "127.0.0.1"
+port = {port}
+
+[identities.default]
+from = "Acme <news@acme.example>"
+
+[delivery]
+concurrency = 4
+
+[timeouts]
+connect = 5
+mail = 5
+rcpt = 5
+data = 5
+
+[tracking]
+listen = "127.0.0.1:0"  # any free port: tests run side by side
+base_url = "https://t.acme.example"
+"""
+
+
 def write_workspace(root: Path, scenario: str = THREE_STEPS) -> None:
     (root / "scenarios").mkdir(parents=True, exist_ok=True)
     (root / "templates").mkdir(parents=True, exist_ok=True)

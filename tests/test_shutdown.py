@@ -10,39 +10,10 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
-from conftest import make_leads, write_workspace
+from conftest import ONE_STEP, SERVE_CONFIG, make_leads, write_workspace
 from mailer.sqlitestore import SQLiteStore
 from mailer.testing import CaptureServer
 
-ONE_STEP = """
-name: announce
-sender: default
-entry:
-  list: signups
-steps:
-  - id: only
-    wait: 0m
-    subject: "News for {{ lead.first_name }}"
-    template: one.html
-"""
-
-CONFIG = """
-[relay]
-host = "127.0.0.1"
-port = {port}
-
-[identities.default]
-from = "Acme <news@acme.example>"
-
-[delivery]
-concurrency = 4
-
-[timeouts]
-connect = 5
-mail = 5
-rcpt = 5
-data = 5
-"""
 
 
 async def start_daemon(config: Path) -> asyncio.subprocess.Process:
@@ -64,7 +35,7 @@ async def test_sigterm_mid_batch_loses_nothing_and_restart_finishes(tmp_path: Pa
     async with CaptureServer() as server:
         server.data_delay = 0.15  # slow enough that the signal lands mid-batch
         config = tmp_path / "mailer.toml"
-        config.write_text(CONFIG.format(port=server.port))
+        config.write_text(SERVE_CONFIG.format(port=server.port))
         async with SQLiteStore(tmp_path / "mailer.db") as store:
             await store.upsert_leads(make_leads(50), list_name="signups", now=datetime.now(timezone.utc))
 
@@ -99,7 +70,7 @@ async def test_a_second_daemon_on_the_same_store_is_refused(tmp_path: Path) -> N
     write_workspace(tmp_path, ONE_STEP)
     async with CaptureServer() as server:
         config = tmp_path / "mailer.toml"
-        config.write_text(CONFIG.format(port=server.port))
+        config.write_text(SERVE_CONFIG.format(port=server.port))
         first = await start_daemon(config)
         await asyncio.sleep(1.5)
         second = await start_daemon(config)

@@ -15,7 +15,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-from conftest import make_config, make_leads, write_workspace
+from conftest import ONE_STEP, make_config, make_leads, write_workspace
 from mailer.clock import FakeClock
 from mailer.daemon import Daemon
 from mailer.leads import Lead
@@ -25,17 +25,6 @@ from mailer.timestamps import ms
 
 START = datetime(2026, 1, 5, 8, 0, tzinfo=timezone.utc)  # a Monday
 
-ONE_STEP = """
-name: announce
-sender: default
-entry:
-  list: signups
-steps:
-  - id: only
-    wait: 0m
-    subject: "News for {{ lead.first_name }}"
-    template: one.html
-"""
 
 TERMINAL = ("sent", "failed", "bounced", "suppressed", "expired")
 # The `mailer serve` processes tests start; any still running after a test is killed.

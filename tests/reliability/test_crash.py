@@ -19,37 +19,16 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
-from conftest import make_leads, write_workspace
+from conftest import SERVE_CONFIG, make_leads, write_workspace
 from mailer.sqlitestore import SQLiteStore
 from mailer.testing import REPLY_451, FaultServer, delay_reply, reply_with
 
 from .harness import ONE_STEP, SPAWNED
 
-CONFIG = """
-[relay]
-host = "127.0.0.1"
-port = {port}
-
-[identities.default]
-from = "Acme <news@acme.example>"
-
-[delivery]
-concurrency = 4
-
-[timeouts]
-connect = 5
-mail = 5
-rcpt = 5
-data = 5
-
+CONFIG = SERVE_CONFIG + """
 [clock]
 speed = 600  # ten clock minutes a real second: a 20-minute retry comes after two seconds
-
-[tracking]
-listen = "127.0.0.1:0"  # any free port: tests run side by side
-base_url = "https://t.acme.example"
 """
-
 KILL_MESSAGES = 2000
 KILLS = 3
 SEED = 20260105
