@@ -15,6 +15,7 @@ import tomllib
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from email.utils import parseaddr
+from functools import cached_property
 from pathlib import Path
 from typing import Any, get_type_hints
 
@@ -48,27 +49,27 @@ class IdentityConfig:
     return_path: str = ""  # the envelope sender; empty means the From address
     domain: str = ""  # the Message-ID domain; empty means the From address's domain
 
-    @property
+    @cached_property  # parsed once: the send path asks for these per message
     def from_address(self) -> str:
         return parseaddr(self.from_)[1]
 
-    @property
+    @cached_property
     def from_name(self) -> str:
         return parseaddr(self.from_)[0]
 
-    @property
+    @cached_property
     def reply_to_address(self) -> str:
         return parseaddr(self.reply_to)[1]
 
-    @property
+    @cached_property
     def reply_to_name(self) -> str:
         return parseaddr(self.reply_to)[0]
 
-    @property
+    @cached_property
     def envelope_sender(self) -> str:
         return self.return_path or self.from_address
 
-    @property
+    @cached_property
     def message_id_domain(self) -> str:
         return self.domain or self.from_address.rpartition("@")[2]
 
