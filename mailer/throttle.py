@@ -14,8 +14,8 @@ serve no more. Pushing on only deepens the hole, so for that (IP, provider):
 | the `pause_after`-th strike within `repeat_window`, or a 5xx block | pause: 30 min, doubling to 4 h |
 | a clean period: `clean_messages` accepted or `clean_period` without a signal | raise by `raise_step` toward 1 |
 
-Pauses last 30 minutes, doubling to 4 hours (
-the retry schedule's ceiling). Every transition returns the reason it is logged with.
+Pauses last 30 minutes, doubling to 4 hours (the retry schedule's
+ceiling). Every transition returns the reason it is logged with.
 """
 
 from __future__ import annotations
