@@ -21,6 +21,9 @@ class Clock(Protocol):
     async def sleep(self, seconds: float) -> None:
         """Wait this much clock time."""
 
+    async def sleep_until(self, when: datetime) -> None:
+        """Wait until the clock reads `when` (at once if it already has)."""
+
 
 class SystemClock:
     """Real time."""
@@ -30,6 +33,9 @@ class SystemClock:
 
     async def sleep(self, seconds: float) -> None:
         await asyncio.sleep(max(seconds, 0.0))
+
+    async def sleep_until(self, when: datetime) -> None:
+        await self.sleep((when - self.now()).total_seconds())
 
 
 class AcceleratedClock:
@@ -49,6 +55,9 @@ class AcceleratedClock:
     async def sleep(self, seconds: float) -> None:
         await asyncio.sleep(max(seconds, 0.0) / self.speed)
 
+    async def sleep_until(self, when: datetime) -> None:
+        await self.sleep((when - self.now()).total_seconds())
+
 
 class FakeClock:
     """A clock that moves only when told to, for tests: `await clock.advance(hours=2)`."""
@@ -62,12 +71,16 @@ class FakeClock:
         return self._now
 
     async def sleep(self, seconds: float) -> None:
-        if seconds <= 0:
+        await self.sleep_until(self._now + timedelta(seconds=max(seconds, 0.0)))
+
+    async def sleep_until(self, when: datetime) -> None:
+        # An absolute deadline: a caller that read the time, awaited something while the
+        # test advanced the clock, then sleeps, must not sleep past what is already due.
+        if when <= self._now:
             await asyncio.sleep(0)
             return
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        wake_at = self._now + timedelta(seconds=seconds)
-        heapq.heappush(self._sleepers, (wake_at, next(self._order), future))
+        heapq.heappush(self._sleepers, (when, next(self._order), future))
         await future
 
     async def advance(self, delta: timedelta | None = None, **units: float) -> None:

@@ -266,10 +266,10 @@ class Daemon:
         due = await self.store.next_wakeup(scenarios=self._sending_scenarios(now))
         if due is not None:
             wake_at = min(wake_at, max(due, now))
-        delay = (wake_at - now).total_seconds()
         self._wake.clear()
         waiters = [
-            asyncio.ensure_future(self.clock.sleep(delay)),
+            # an absolute deadline: the clock may have moved while next_wakeup was read
+            asyncio.ensure_future(self.clock.sleep_until(wake_at)),
             asyncio.ensure_future(stop.wait()),
             asyncio.ensure_future(self._wake.wait()),
         ]

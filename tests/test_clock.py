@@ -156,3 +156,22 @@ async def test_system_clock_is_aware_utc_and_sleeps() -> None:
     await clock.sleep(0.01)
     assert before.utcoffset() == timedelta(0)
     assert clock.now() > before
+
+
+async def test_sleep_until_a_time_already_passed_returns_at_once() -> None:
+    """A deadline read before the clock moved does not sleep past it (the daemon's idle race)."""
+    clock = FakeClock(datetime(2026, 1, 5, tzinfo=timezone.utc))
+    deadline = clock.now() + timedelta(minutes=5)
+    await clock.advance(hours=2)
+    await asyncio.wait_for(clock.sleep_until(deadline), 1.0)
+    assert clock.now() == datetime(2026, 1, 5, 2, tzinfo=timezone.utc)
+
+
+async def test_sleep_until_a_future_time_waits_for_advance() -> None:
+    """sleep_until wakes when the clock reaches the deadline, not before."""
+    clock = FakeClock(datetime(2026, 1, 5, tzinfo=timezone.utc))
+    sleeper = asyncio.create_task(clock.sleep_until(clock.now() + timedelta(minutes=10)))
+    await clock.advance(minutes=9)
+    assert not sleeper.done()
+    await clock.advance(minutes=1)
+    await asyncio.wait_for(sleeper, 1.0)
