@@ -36,6 +36,10 @@ class Lead:
     attributes: Mapping[str, Any] = field(default_factory=lambda: _EMPTY)
     stage: str = "lead"
     id: int | None = None
+    # kept by mailer.scoringengine from the lead's events and profile (see mailer.scoremodel)
+    score: int = 0
+    product_score: int = 0
+    grade: str = ""  # A … D, F; "" until graded
 
     @property
     def account_domain(self) -> str:
@@ -69,6 +73,8 @@ class Lead:
             timezone=self.timezone,
             source=self.source,
             stage=self.stage,
+            score=self.score,
+            grade=self.grade,
             name=self.display_name,
         )
         return context
