@@ -85,9 +85,18 @@ class DirectTransport:
         same cache `send` uses: what provider recognition by MX host needs."""
         return tuple(host.name for host in (await self.routes.lookup(domain)).hosts)
 
-    async def send(self, envelope: Envelope, message: bytes, *, source_address: str | None = None) -> SMTPReply:
-        """One attempt for one recipient, over the first MX host that takes the session."""
+    async def send(
+        self, envelope: Envelope, message: bytes, *, source_address: str | None = None, helo: str | None = None,
+        per_connection: int | None = None,
+    ) -> SMTPReply:
+        """One attempt for one recipient, over the first MX host that takes the session.
+
+        `source_address` and `helo` are the sending IP's (each IP greets with the name its PTR
+        record gives, which FCrDNS checks); `per_connection` is the receiving provider's
+        messages-per-connection limit (mailer.providers).
+        """
         source = self.source_address if source_address is None else source_address
+        name = helo or self.helo
         domain = envelope.recipient.rpartition("@")[2]
         route = await self.routes.lookup(domain)
         if route.failure is not None:
@@ -106,14 +115,15 @@ class DirectTransport:
                 if tried == MAX_ADDRESSES_PER_ATTEMPT:
                     return reply or _unreachable(host)
                 tried += 1
-                endpoint = self._endpoint(host, address, source, enforce=enforce)
-                reply = await self.pool.send((source, host.name, enforce), endpoint, self.timeouts, envelope, message)
+                endpoint = self._endpoint(host, address, source, name, enforce=enforce)
+                key = (source, name, host.name, enforce)
+                reply = await self.pool.send(key, endpoint, self.timeouts, envelope, message, per_connection=per_connection)
                 if reply.command not in SETUP_COMMANDS:
                     return reply
                 # no session at this address: RFC 5321 5.1 moves on to the next one
         return reply or _unreachable(hosts[0], source)
 
-    def _endpoint(self, host: MXHost, address: str, source: str, *, enforce: bool) -> Endpoint:
+    def _endpoint(self, host: MXHost, address: str, source: str, helo: str, *, enforce: bool) -> Endpoint:
         if enforce:
             # RFC 8461 4.2: STARTTLS, and a certificate valid for the MX host's name
             tls, verify, context = TLSMode.STARTTLS, True, self.tls_context
@@ -124,7 +134,7 @@ class DirectTransport:
             verify, context = False, None
         return Endpoint(
             host=host.name, port=self.port, address=address, tls=tls, verify_certificate=verify,
-            tls_context=context, helo=self.helo, source_address=source,
+            tls_context=context, helo=helo, source_address=source,
         )
 
     async def close(self) -> None:

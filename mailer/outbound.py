@@ -140,7 +140,14 @@ class Outbound:
             await self._freed.wait_for(free)
             self._busy[key] += 1
         try:
-            return await self._sender(self.plan.ip(grant.ip))(envelope, message)
+            ip = self.plan.ip(grant.ip)
+            if isinstance(self.transport, DirectTransport):
+                # straight to the provider: its sessions carry its own messages-per-connection
+                per_connection = self.budget.limits(grant.ip, grant.provider, now()).per_connection
+                return await self.transport.send(
+                    envelope, message, source_address=ip.address, helo=ip.helo or None, per_connection=per_connection
+                )
+            return await self._sender(ip)(envelope, message)
         finally:
             async with self._freed:
                 self._busy[key] -= 1
@@ -152,16 +159,7 @@ class Outbound:
         found = self._senders.get(ip.name)
         if found is not None:
             return found
-        transport = self.transport
-        if isinstance(transport, DirectTransport):
-            direct = transport
-
-            async def from_ip(envelope: Envelope, message: bytes) -> SMTPReply:
-                return await direct.send(envelope, message, source_address=ip.address)
-
-            found = from_ip
-        else:
-            found = transport.send  # a transport given by the caller sends from wherever it does
+        found = self.transport.send  # a transport given by the caller sends from wherever it does
         self._senders[ip.name] = found
         return found
 

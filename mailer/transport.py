@@ -296,8 +296,11 @@ class ConnectionPool:
                 return connection
             self._close_later(connection)  # the server hung up while it waited
 
-    def give_back(self, key: Hashable, connection: SMTPConnection) -> None:
-        if not connection.usable or not connection.is_open or connection.delivered >= self.messages_per_connection:
+    def give_back(self, key: Hashable, connection: SMTPConnection, *, per_connection: int | None = None) -> None:
+        """Keep the session for `key`, or close it when broken or spent (`per_connection`
+        messages, the receiving provider's limit; the pool's own when None)."""
+        spent = connection.delivered >= (per_connection or self.messages_per_connection)
+        if not connection.usable or not connection.is_open or spent:
             self._close_later(connection)
             return
         self._idle[connection] = (key, time.monotonic())
@@ -321,7 +324,10 @@ class ConnectionPool:
                 del self._idle[connection]
                 self._close_later(connection)
 
-    async def send(self, key: Hashable, endpoint: Endpoint, timeouts: TimeoutsConfig, envelope: Envelope, message: bytes) -> SMTPReply:
+    async def send(
+        self, key: Hashable, endpoint: Endpoint, timeouts: TimeoutsConfig, envelope: Envelope, message: bytes,
+        *, per_connection: int | None = None,
+    ) -> SMTPReply:
         """Send over an idle session for `key`, or a new one to `endpoint`."""
         connection = self.take(key)
         reused = connection is not None
@@ -337,7 +343,7 @@ class ConnectionPool:
         except BaseException:
             await connection.discard()  # a bug or a cancellation: its state is unknown
             raise
-        self.give_back(key, connection)
+        self.give_back(key, connection, per_connection=per_connection)
         return reply
 
     async def close(self) -> None:

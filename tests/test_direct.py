@@ -242,6 +242,41 @@ async def test_the_sending_address_is_the_configured_source() -> None:
     assert reply.verdict is Verdict.ACCEPTED and peers == ["127.0.0.9"]
 
 
+async def test_a_provider_limit_on_messages_per_connection_opens_new_sessions() -> None:
+    """per_connection=2 (the receiving provider's limit) closes each session after two messages."""
+    async with ZoneServer(SHOP) as dns, mx_servers({}) as (port, (mx1,)):
+        transport = direct(dns, port)
+        try:
+            replies = [await transport.send(envelope(f"lead{n}@shop.test"), MESSAGE, per_connection=2) for n in range(5)]
+        finally:
+            await transport.close()
+    assert [r.verdict for r in replies] == [Verdict.ACCEPTED] * 5
+    assert mx1.connections == 3 and len(mx1.messages) == 5
+
+
+async def test_each_sending_ip_greets_with_its_own_helo_name() -> None:
+    """Two IPs with their own HELO names each open their own session and greet with their name."""
+    greetings: list[tuple[str, str]] = []
+
+    class Recording(CaptureServer):
+        async def handle_EHLO(self, server: Any, session: Any, envelope: Any, hostname: str, responses: list[str]) -> list[str]:
+            greetings.append((session.peer[0], hostname))
+            session.host_name = hostname
+            return responses
+
+    async with ZoneServer(SHOP) as dns:
+        async with Recording(host="127.0.0.2") as mx1:
+            transport = direct(dns, mx1.port)
+            try:
+                for source, helo in [("127.0.0.9", "out1.acme.example"), ("127.0.0.10", "out2.acme.example")] * 2:
+                    reply = await transport.send(envelope(), MESSAGE, source_address=source, helo=helo)
+                    assert reply.verdict is Verdict.ACCEPTED
+            finally:
+                await transport.close()
+    assert sorted(greetings) == [("127.0.0.10", "out2.acme.example"), ("127.0.0.9", "out1.acme.example")]
+    assert mx1.connections == 2 and len(mx1.messages) == 4
+
+
 # -- TLS -----------------------------------------------------------------------------------
 
 

@@ -145,3 +145,30 @@ async def test_with_a_relay_each_sending_ip_connects_from_its_address_with_its_n
             assert (await sender.send(grant, envelope, MESSAGE, now=lambda: T0)).code == 250
         await sender.close()
     assert sorted(server.greetings) == [("a.acme.example", "127.0.0.1"), ("b.acme.example", "127.0.0.5")]
+
+
+async def test_direct_each_ip_greets_with_its_name_and_sessions_follow_the_provider_limit(tmp_path: Path) -> None:
+    """Direct mode: each [ips.NAME] greets the MX with its own helo, and [providers.NAME] per_connection closes sessions."""
+    async with GreetingRecorder() as server:
+        zones: dict[str, list[Any]] = {"shop.test": [{"MX": [10, "mx1.shop.test"]}], "mx1.shop.test": [{"A": "127.0.0.1"}]}
+        async with ZoneServer(zones) as dns:
+            ips = {
+                "a": {"address": "127.0.0.1", "helo": "a.acme.example", "warmup": False},
+                "b": {"address": "127.0.0.5", "helo": "b.acme.example", "warmup": False},
+            }
+            config = make_config(tmp_path, server.port, ips=ips, providers={"other": {"per_connection": 2}})
+            timeouts = TimeoutsConfig(connect=2, mail=2, rcpt=2, data=2)
+            transport = DirectTransport(resolver=dns.resolver(timeout=0.5), timeouts=timeouts, port=server.port, helo="fallback.example")
+            sender = outbound(config, transport=transport)
+            for ip in ("a", "a", "a", "b"):
+                provider = await sender.receiver("x@shop.test")
+                grant = sender.reserve(ip, provider, T0)
+                assert grant is not None
+                reply = await sender.send(grant, Envelope("bounces@acme.example", "x@shop.test"), MESSAGE, now=lambda: T0)
+                assert reply.code == 250
+            await sender.close()
+    # three messages from a: two over its first session, the third over a new one; b its own
+    assert sorted(server.greetings) == [
+        ("a.acme.example", "127.0.0.1"), ("a.acme.example", "127.0.0.1"), ("b.acme.example", "127.0.0.5"),
+    ]
+    assert len(server.messages) == 4
