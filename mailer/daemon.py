@@ -53,11 +53,12 @@ from mailer.reply import SESSION_COMMANDS
 from mailer.retry import RetryPolicy
 from mailer.tokens import Signer
 from mailer.verp import verp_address
-from mailer.scenario import Scenario, load_scenarios
+from mailer.scenario import Scenario, Step, load_scenarios
 from mailer.store import BounceRecord, ClaimedMessage, EnrollmentUpdate, NewMessage, Outcome, Store
 from mailer.transport import Envelope, Transport
 from mailer.consent import OPTIN_SCENARIO
 from mailer.domaincheck import make_resolver
+from mailer.breaker import BEHIND_PROBE
 from mailer.outbound import Hold, Outbound
 from mailer.sendingdomains import SendingDomains, domain_of_address
 from mailer.warmup import WarmupPlan, prioritize
@@ -74,6 +75,8 @@ LEASE = timedelta(minutes=30)
 ENGAGEMENT_WINDOW = timedelta(days=90)
 FLUSH_SECONDS = 0.05  # real time outcomes may wait to be written with others
 ROUND_BACKOFF_SECONDS = 1.0  # real time to wait after a failed round before the next
+# An attempt still waiting for its receiver after this long no longer holds its worker.
+SLOW_ATTEMPT_SECONDS = 0.5
 FINAL_FLUSH_ATTEMPTS = 10
 
 
@@ -134,6 +137,7 @@ class Daemon:
         self.scenario_errors: list[ScenarioError] = []
         self._queue: asyncio.Queue[ClaimedMessage | None] = asyncio.Queue()
         self._in_flight = 0
+        self._slow: set[asyncio.Future[None]] = set()  # attempts a worker stopped waiting for
         self._pending: list[Outcome] = []
         self._wake = asyncio.Event()
         self._flush_stop = asyncio.Event()
@@ -413,11 +417,25 @@ class Daemon:
             message = await self._queue.get()
             if message is None:  # the drain's signal: nothing more will come
                 break
-            try:
-                await self.deliver(message)
-            finally:
-                self._in_flight -= 1
-                self._wake.set()
+            attempt = asyncio.ensure_future(self._deliver_one(message))
+            done, _ = await asyncio.wait((attempt,), timeout=SLOW_ATTEMPT_SECONDS)
+            if done:
+                continue
+            if len(self._slow) < self.config.delivery.concurrency:
+                # A receiver that is slow to answer (a timeout on its way, a tarpit) keeps its
+                # connection, not this worker: the attempt finishes on its own while the worker
+                # serves the other destinations. At most `concurrency` such attempts at once.
+                self._slow.add(attempt)
+                attempt.add_done_callback(self._slow.discard)
+            else:
+                await attempt
+
+    async def _deliver_one(self, message: ClaimedMessage) -> None:
+        try:
+            await self.deliver(message)
+        finally:
+            self._in_flight -= 1
+            self._wake.set()
 
     async def deliver(self, message: ClaimedMessage) -> Outcome:
         """One attempt for one claimed message, its outcome queued for writing."""
@@ -452,6 +470,7 @@ class Daemon:
         # was queued stops it here (a confirmation is judged for its own list).
         if message.suppressed_for(scenario.entry.list_name if scenario is not None else None):
             return self._outcome(message, MessageState.SUPPRESSED, now, detail="address is suppressed"), ""
+        step: Step | None = None
         if message.is_confirmation:  # a double opt-in confirmation; its step id is the list
             identity = self.config.identities[self.config.list_config(message.step_id).sender]
         else:
@@ -465,6 +484,21 @@ class Daemon:
         if held is not None:
             return self._held(message, now, held), ""
         provider = await self.outbound.receiver(lead.email)
+        admission = await self.outbound.admit(provider, now)  # the receiver's circuit breaker
+        if not admission.go:
+            until = admission.until or now + BEHIND_PROBE
+            return self._held(message, now, Hold(until, admission.reason or f"{provider}: waiting for its first reply")), ""
+        try:
+            return await self._attempt_admitted(message, scenario, step, identity, from_domain, provider, probe=admission.probe)
+        finally:
+            self.outbound.abandon(provider, admission)  # a probe that got no reply: the next one tries
+
+    async def _attempt_admitted(
+        self, message: ClaimedMessage, scenario: Scenario | None, step: Step | None, identity: IdentityConfig,
+        from_domain: str, provider: str, *, probe: bool,
+    ) -> tuple[Outcome, str]:
+        now = self.clock.now()
+        lead = message.lead
         ip = self.outbound.pick(provider, now)
         if isinstance(ip, Hold):
             return self._held(message, now, ip), ""
@@ -490,7 +524,7 @@ class Daemon:
         reply = await self.outbound.send(grant, envelope, wire, now=self.clock.now)
         subject = composed.parts.subject
         now = self.clock.now()
-        self.outbound.record(grant, reply, now)
+        self.outbound.record(grant, reply, now, probe=probe)
         if reply.verdict is Verdict.ACCEPTED:
             self.domains.count_sent(from_domain, now)
             return self._outcome(message, MessageState.SENT, now, reply=reply), subject
@@ -597,3 +631,4 @@ class Daemon:
         for _ in workers:
             self._queue.put_nowait(None)
         await asyncio.gather(*workers, return_exceptions=True)
+        await asyncio.gather(*self._slow, return_exceptions=True)  # slow attempts end as any other

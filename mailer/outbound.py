@@ -17,13 +17,16 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import random
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import lru_cache
 
+from mailer.breaker import PATIENCE_SECONDS, Admission, DestinationBreakers
 from mailer.config import Config
 from mailer.direct import DirectTransport
 from mailer.dmarc import organizational_domain
@@ -39,6 +42,7 @@ PACE_JITTER = timedelta(minutes=10)  # the per-minute rate: opens again within a
 CAP_JITTER = timedelta(minutes=30)  # an hourly or daily cap: opens at the top of an hour
 PAUSE_JITTER = timedelta(minutes=5)  # a paused provider: the throttle lets few through at first
 SendFunction = Callable[[Envelope, bytes], Awaitable[SMTPReply]]
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -79,6 +83,8 @@ class Outbound:
                     self._senders[ip.name] = base.send
         self._busy: Counter[tuple[str, str]] = Counter()
         self._freed = asyncio.Condition()
+        self.breakers = DestinationBreakers()
+        self._probes: dict[str, tuple[float, asyncio.Event]] = {}  # provider → (started, ended)
 
     # -- before an attempt ----------------------------------------------------------------
 
@@ -96,6 +102,40 @@ class Outbound:
         if provider != OTHER:
             return provider
         return f"{OTHER}:{_site(mx[0] if mx else domain)}"
+
+    async def admit(self, provider: str, now: datetime) -> Admission:
+        """Whether the receiver's circuit breaker (mailer.breaker) lets an attempt start now.
+
+        While the first attempt to a destination is under way the others wait for its reply,
+        but only PATIENCE_SECONDS in all: one that has not answered by then looks stuck, and
+        the rest are held rather than each holding a worker for a whole timeout. A caller
+        given a probe must end it with `record` or `abandon`.
+        """
+        while True:
+            probe = self._probes.get(provider)
+            overdue = probe is not None and time.monotonic() - probe[0] > PATIENCE_SECONDS
+            admission = self.breakers.admit(provider, now, probe_overdue=overdue)
+            if admission.probe:
+                self._probes[provider] = (time.monotonic(), asyncio.Event())
+            if not admission.wait or probe is None:
+                return admission
+            started, ended = probe
+            try:
+                async with asyncio.timeout(max(0.001, started + PATIENCE_SECONDS - time.monotonic())):
+                    await ended.wait()
+            except TimeoutError:
+                pass
+
+    def abandon(self, provider: str, admission: Admission) -> None:
+        """A probe that ended without an SMTP reply (held, or not buildable): the next may try."""
+        if admission.probe and provider in self._probes:
+            self.breakers.abandon(provider)
+            self._end_probe(provider)
+
+    def _end_probe(self, provider: str) -> None:
+        probe = self._probes.pop(provider, None)
+        if probe is not None:
+            probe[1].set()
 
     def warming(self, now: datetime) -> bool:
         """Whether any sending IP is within its warm-up schedule today."""
@@ -163,8 +203,9 @@ class Outbound:
         self._senders[ip.name] = found
         return found
 
-    def record(self, grant: Grant, reply: SMTPReply, now: datetime) -> None:
-        """Tell the budget how the attempt ended; one that never reached a server gives its budget back.
+    def record(self, grant: Grant, reply: SMTPReply, now: datetime, *, probe: bool = False) -> None:
+        """Tell the budget and the receiver's breaker how the attempt ended; one that never
+        reached a server gives its budget back.
 
         No connection at all (no route in DNS, nobody listening) is no message the provider
         counted, so it takes nothing from the warm-up budget; a 421 greeting is a reply, and the
@@ -174,6 +215,13 @@ class Outbound:
             self.budget.record_reply(grant, None, now)
         else:
             self.budget.record_reply(grant, reply, now)
+        # silence: no reply within the timeout. A refusal or a hang-up answers at once and
+        # costs no worker a timeout, so it is the throttle's business, not the breaker's.
+        decision = self.breakers.record(grant.provider, silent=reply.timed_out, now=now, probe=probe)
+        if probe:
+            self._end_probe(grant.provider)
+        if decision is not None:
+            log.warning("destination breaker: %s", decision)
 
     async def close(self) -> None:
         await asyncio.gather(self.transport.close(), *(transport.close() for transport in self._built))

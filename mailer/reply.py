@@ -52,6 +52,15 @@ class SMTPReply:
         return cls(code=code, text=text, enhanced=enhanced, command=command, host=host)
 
     @property
+    def timed_out(self) -> bool:
+        """No reply within the phase's timeout: the receiver went silent (a black hole, a stuck
+        server), unlike a refusal or a hang-up, which answer at once."""
+        if self.code is not None:
+            return False
+        error = self.text.removeprefix("outcome unknown: ").partition(":")[0]  # the transport's "<Error>: <detail>"
+        return "Timeout" in error
+
+    @property
     def verdict(self) -> Verdict:
         if self.code is None or self.command in SESSION_COMMANDS:
             return Verdict.TEMPORARY

@@ -216,10 +216,12 @@ async def test_a_locked_database_delays_but_never_loses_or_repeats(tmp_path: Pat
     """Another process holding the write lock longer than busy_timeout: rounds fail, retry, and every message is sent once."""
     async with run_daemon(tmp_path, smtp_server, busy_timeout=0.2) as running:
         smtp_server.data_delay = 0.02
-        blocker = sqlite3.connect(tmp_path / "mailer.db", isolation_level=None)
+        blocker = sqlite3.connect(tmp_path / "mailer.db", isolation_level=None, timeout=30, check_same_thread=False)
         await running.clock.advance(hours=1)
         await smtp_server.wait_for(5)
-        blocker.execute("BEGIN IMMEDIATE")  # outcomes and claims now fail for a while
+        # in a thread: waiting for the lock on the event loop would stop the daemon from
+        # ever committing the transaction it holds
+        await asyncio.to_thread(blocker.execute, "BEGIN IMMEDIATE")  # outcomes and claims now fail for a while
         await asyncio.sleep(1.5)
         blocker.execute("ROLLBACK")
         blocker.close()
