@@ -1,4 +1,4 @@
-"""The `mailer` command: init, serve, validate, preview, leads import, status, demo.
+"""The `mailer` command: init, serve, validate, preview, leads, scores, accounts, api-key, status, demo.
 
 A user's mistake ends as one line on stderr and exit code 2, never a traceback.
 """
@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+from mailer import apishell, leadsshell, scoresshell
 from mailer.clock import AcceleratedClock, Clock, SystemClock
 from mailer.config import CONFIG_NAME, STARTER_CONFIG, Config, load_config
 from mailer.consent import REASONS
@@ -90,6 +91,7 @@ def _parser() -> argparse.ArgumentParser:
     import_.add_argument("--check-deliverability", action="store_true", help="also check each domain in DNS")
     import_.add_argument("--strict", action="store_true", help="import nothing if any row is rejected")
     import_.set_defaults(run=_leads_import)
+    leadsshell.add_lead_commands(lead_commands)  # show, accept, stage, list
 
     bounces = commands.add_parser("bounces", help="bounce evidence: ingest, list, show, undo")
     bounce_commands = bounces.add_subparsers(dest="bounces_command", metavar="ACTION", required=True)
@@ -168,6 +170,9 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--nameserver", default=None, metavar="HOST[:PORT]", help="ask this DNS server, not the system's")
     check.add_argument("--json", action="store_true", help="print the report as JSON")
     check.set_defaults(run=_check_domain)
+
+    scoresshell.add_commands(commands)  # scores rebuild, accounts
+    apishell.add_commands(commands)  # api-key, webhooks log
     return parser
 
 

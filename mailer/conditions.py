@@ -3,9 +3,13 @@
 A condition is written in YAML as a mapping and compiled once into a small tree of frozen
 dataclasses, each of which can `evaluate` a lead and what the lead did in this scenario:
 
-    all: [COND, ...]     any: [COND, ...]     not: COND
+    all: [COND, ...]     any: [COND, ...]     not: COND      [COND, ...]  (a list: all of it)
     attribute: NAME, OPERATOR: VALUE          attribute: {NAME: VALUE, ...}  (all equal)
     sent: STEP_ID        opened: STEP_ID|any  clicked: STEP_ID|any
+    "score >= 50 and grade >= B"              (the short form: mailer.conditiontext)
+
+`grade` and `stage` compare by rank with the ordered operators: `grade >= B` holds for A and
+B, `stage >= SQL` for SQL and customer (mailer.scoremodel.GRADES and STAGE_RANK).
 
 Comparisons are forgiving the way lead data needs: text compares without regard to case or
 surrounding spaces, and text that reads as a number compares as that number, because CSV
@@ -22,14 +26,34 @@ from datetime import date
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from mailer.conditiontext import READS, ShortFormError, parse_short_form, shown
 from mailer.errors import ScenarioError
 from mailer.leads import LEAD_FIELDS, Lead
+from mailer.scoremodel import GRADES, STAGE_RANK, STAGES, canonical_stage
 from mailer.yamlfile import describe, did_you_mean, item_line, key_line, line_of, subfield
 
 Scalar = str | int | float | bool
 Expected = Scalar | tuple[Scalar, ...]
-CONDITION_FIELDS = (*LEAD_FIELDS, "stage")  # read from the Lead; any other name is a free attribute
-_HINT = "write a mapping such as {attribute: industry, equals: SaaS}, {opened: STEP_ID} or {all: [...]}"
+# read from the Lead; any other name is a free attribute
+CONDITION_FIELDS = (*LEAD_FIELDS, "stage", "score", "product_score", "grade")
+_HINT = 'write a mapping such as {attribute: industry, equals: SaaS}, {opened: STEP_ID} or {all: [...]}, or "score >= 50"'
+ORDERED = frozenset({"gt", "gte", "lt", "lte"})
+
+
+def grade_rank(value: object) -> int | None:
+    """How good a grade is (A highest), or None for anything that is not a grade."""
+    text = str(value).strip().upper() if isinstance(value, str) else ""
+    return len(GRADES) - GRADES.index(text) if text in GRADES else None
+
+
+def stage_rank(value: object) -> int | None:
+    """How far along the lifecycle a stage is (mailer.scoremodel.STAGE_RANK), or None."""
+    stage = canonical_stage(value) if isinstance(value, str) else None
+    return None if stage is None else STAGE_RANK[stage]
+
+
+# Fields whose values have an order of their own, used by gt/gte/lt/lte instead of numbers.
+RANKS: Mapping[str, Callable[[object], int | None]] = {"grade": grade_rank, "stage": stage_rank}
 
 
 @dataclass(frozen=True)
@@ -52,6 +76,13 @@ class Condition(ABC):
     def engagement_tests(self) -> Iterator[EngagementTest]:
         """Every sent/opened/clicked test in the tree, to check the step ids they name."""
 
+    @abstractmethod
+    def explain(self, lead: Lead, engagement: Engagement) -> str:
+        """The facts that make the condition hold, or fail, for `lead`, in a salesperson's words.
+
+        "score 55 ≥ 50 and grade B ≥ B" when it holds; "grade C < B" when it fails there.
+        """
+
     def step_refs(self) -> frozenset[str]:
         """The step ids this condition refers to (`any` refers to none in particular)."""
         return frozenset(test.step_id for test in self.engagement_tests() if test.step_id is not None)
@@ -70,6 +101,10 @@ class AllOf(Condition):
         for condition in self.conditions:
             yield from condition.engagement_tests()
 
+    def explain(self, lead: Lead, engagement: Engagement) -> str:
+        failing = [part for part in self.conditions if not part.evaluate(lead, engagement)]
+        return " and ".join(part.explain(lead, engagement) for part in failing or self.conditions) or "always"
+
 
 @dataclass(frozen=True)
 class AnyOf(Condition):
@@ -84,6 +119,12 @@ class AnyOf(Condition):
         for condition in self.conditions:
             yield from condition.engagement_tests()
 
+    def explain(self, lead: Lead, engagement: Engagement) -> str:
+        holding = next((part for part in self.conditions if part.evaluate(lead, engagement)), None)
+        if holding is not None:
+            return holding.explain(lead, engagement)
+        return " and ".join(part.explain(lead, engagement) for part in self.conditions) or "never"
+
 
 @dataclass(frozen=True)
 class Not(Condition):
@@ -97,6 +138,9 @@ class Not(Condition):
     def engagement_tests(self) -> Iterator[EngagementTest]:
         return self.condition.engagement_tests()
 
+    def explain(self, lead: Lead, engagement: Engagement) -> str:
+        return self.condition.explain(lead, engagement)  # the inner facts are why `not` holds or fails
+
 
 @dataclass(frozen=True)
 class AttributeTest(Condition):
@@ -107,16 +151,34 @@ class AttributeTest(Condition):
     expected: Expected
 
     def evaluate(self, lead: Lead, engagement: Engagement) -> bool:
+        actual = self.actual(lead)
+        rank = RANKS.get(self.attribute) if self.operator in ORDERED else None
+        if rank is not None:  # "grade >= B": compare ranks; "" or an unknown value never passes
+            return OPERATORS[self.operator](rank(actual), rank(self.expected))
+        return OPERATORS[self.operator](actual, self.expected)
+
+    def actual(self, lead: Lead) -> object:
+        """The lead's value of the attribute; None when it is missing or blank."""
         if self.attribute in CONDITION_FIELDS:
             actual = getattr(lead, self.attribute)
         else:
             actual = lead.attributes.get(self.attribute)
         if actual is None or (isinstance(actual, str) and not actual.strip()):
-            actual = None
-        return OPERATORS[self.operator](actual, self.expected)
+            return None
+        return actual
 
     def engagement_tests(self) -> Iterator[EngagementTest]:
         return iter(())
+
+    def explain(self, lead: Lead, engagement: Engagement) -> str:
+        holds, actual = self.evaluate(lead, engagement), self.actual(lead)
+        if self.operator == "exists":
+            return f"{self.attribute} is {'' if actual is not None else 'not '}set"
+        if actual is None:
+            return f"{self.attribute} has no value"
+        symbol = READS[self.operator][0 if holds else 1]
+        expected = f"[{shown(self.expected)}]" if isinstance(self.expected, tuple) else shown(self.expected)
+        return f"{self.attribute} {shown(actual)} {symbol} {expected}"
 
 
 @dataclass(frozen=True)
@@ -138,6 +200,11 @@ class EngagementTest(Condition):
 
     def engagement_tests(self) -> Iterator[EngagementTest]:
         yield self
+
+    def explain(self, lead: Lead, engagement: Engagement) -> str:
+        verb = {"sent": "was sent", "opened": "opened", "clicked": "clicked"}[self.event]
+        what = "an email of this scenario" if self.step_id is None else self.step_id
+        return f"{verb} {what}" if self.evaluate(lead, engagement) else f"not {verb} {what}"
 
 
 def _number(value: object) -> Decimal | None:
@@ -223,6 +290,10 @@ class _At:
 
 def _parse(at: _At) -> Condition:
     node = at.node
+    if isinstance(node, str) and node.strip():
+        return _parse_text(at, node)
+    if isinstance(node, list) and node:  # a list of conditions: all of them
+        return AllOf(tuple(_parse(at.inner(item, index, item_line(node, index))) for index, item in enumerate(node)))
     if not isinstance(node, Mapping) or not node:
         raise at.error(f"must be a condition, not {describe(node)}")
     if "attribute" in node:
@@ -261,7 +332,7 @@ def _parse_attribute(at: _At) -> Condition:
         tests: list[Condition] = []
         for attribute, value in name.items():
             op = "in" if isinstance(value, list) else "equals"
-            tests.append(AttributeTest(attribute, op, _expected(op, value, at, "attribute")))
+            tests.append(AttributeTest(attribute, op, _expected(op, value, at, "attribute", attribute=attribute)))
         return tests[0] if len(tests) == 1 else AllOf(tuple(tests))
     if not isinstance(name, str) or not name.strip():
         raise at.error(f"attribute needs a name, not {describe(name)}", "attribute", "e.g. attribute: industry")
@@ -275,11 +346,15 @@ def _parse_attribute(at: _At) -> Condition:
         problem = f"one attribute test holds two operators ({operators[0]}, {operators[1]})"
         raise at.error(problem, operators[1], "combine two tests with all: [...]")
     op = operators[0]
-    return AttributeTest(name.strip(), op, _expected(op, node[op], at, op))
+    return AttributeTest(name.strip(), op, _expected(op, node[op], at, op, attribute=name.strip()))
 
 
-def _expected(op: str, value: object, at: _At, key: str) -> Expected:
-    """The value `op` compares with, checked; errors point at `key`."""
+def _expected(op: str, value: object, at: _At, key: str | None, *, attribute: str, shown: str | None = None) -> Expected:
+    """The value `op` compares `attribute` with, checked; errors point at `key`.
+
+    `shown` is how the operator was written, when not by its name (">=" in the short form).
+    """
+    label = shown or op
     if op == "exists":
         if not isinstance(value, bool):
             raise at.error(f"exists needs true or false, not {describe(value)}", key, "e.g. exists: true")
@@ -287,19 +362,50 @@ def _expected(op: str, value: object, at: _At, key: str) -> Expected:
     if op in ("in", "not_in"):
         if not isinstance(value, list):
             raise at.error(f"{op} needs a list, not {describe(value)}", key, f"e.g. {op}: [JP, US]")
-        return tuple(_scalar(op, item, at, key) for item in value)
+        return tuple(_named(attribute, _scalar(op, item, at, key), at, key, label) for item in value)
     scalar = _scalar(op, value, at, key)
-    if op in ("gt", "gte", "lt", "lte") and _number(scalar) is None:
-        raise at.error(f"{op} needs a number, not {scalar!r}", key, f"e.g. {op}: 100")
+    if attribute in RANKS and op in (*ORDERED, "equals", "not_equals"):
+        return _named(attribute, scalar, at, key, label)
+    if op in ORDERED and _number(scalar) is None:
+        raise at.error(f"{label} needs a number, not {scalar!r}", key, f"e.g. {attribute} {shown} 100" if shown else f"e.g. {op}: 100")
     if op == "contains" and isinstance(scalar, bool):
         raise at.error("contains needs text, not true/false", key, "e.g. contains: manager")
     return scalar
 
 
-def _scalar(op: str, value: object, at: _At, key: str) -> Scalar:
+def _named(attribute: str, value: Scalar, at: _At, key: str | None, label: str) -> Scalar:
+    """A grade or stage as written canonically ("b" → "B", "sql" → "SQL"); a typo is refused."""
+    if attribute == "grade":
+        if grade_rank(value) is None:
+            raise at.error(f"{label} on grade needs a grade, not {value!r}", key, "grades are " + ", ".join(GRADES))
+        return str(value).strip().upper()
+    if attribute == "stage":
+        stage = canonical_stage(value) if isinstance(value, str) else None
+        if stage is None:
+            raise at.error(f"{label} on stage needs a stage, not {value!r}", key, did_you_mean(str(value), STAGES))
+        return stage
+    return value
+
+
+def _scalar(op: str, value: object, at: _At, key: str | None) -> Scalar:
     if isinstance(value, date):  # YAML reads 2024-04-01 as a date; leads hold dates as text
         return value.isoformat()
     if isinstance(value, (str, int, float, bool)):
         return value
     hint = "to test for a missing value use exists: false" if value is None else "write a single value"
     raise at.error(f"{op} needs a value, not {describe(value)}", key, hint)
+
+
+def _parse_text(at: _At, text: str) -> Condition:
+    """Compile the short form `text`; every mistake is reported at the condition's own line."""
+    groups: list[Condition] = []
+    try:
+        for clauses in parse_short_form(text):
+            tests = tuple(
+                AttributeTest(clause.name, clause.op, _expected(clause.op, clause.value, at, None, attribute=clause.name, shown=clause.symbol))
+                for clause in clauses
+            )
+            groups.append(tests[0] if len(tests) == 1 else AllOf(tests))
+    except (ShortFormError, ScenarioError) as error:
+        raise at.error(f"{text.strip()!r}: {error.problem}", None, error.hint or _HINT) from None
+    return groups[0] if len(groups) == 1 else AnyOf(tuple(groups))

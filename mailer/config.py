@@ -18,6 +18,7 @@ from email.utils import parseaddr
 from functools import cached_property
 from pathlib import Path
 from typing import Any, get_type_hints
+from urllib.parse import urlsplit
 
 from mailer.durations import parse_duration
 from mailer.errors import ConfigError
@@ -201,6 +202,36 @@ class SendingIPConfig:
 
 
 @dataclass(frozen=True)
+class ApiConfig:
+    """The HTTP API other systems call (mailer.api); every request needs an API key."""
+
+    enabled: bool = True
+    listen: str = "127.0.0.1:8081"  # loopback by default; another address is logged as a warning
+
+
+@dataclass(frozen=True)
+class WebhookConfig:
+    """A receiver of signed event notifications ([webhooks.NAME], mailer.webhooks)."""
+
+    url: str
+    secret: str  # signs every call (HMAC-SHA256); at least 16 characters
+    events: tuple[str, ...] = ("stage_changed", "account_stage_changed")  # a CRM's hand-off
+    timeout: float = 10.0  # seconds per call (real time), connecting included
+    max_attempts: int = 8  # then the delivery is given up as failed (mailer.webhooks.backoff)
+
+
+@dataclass(frozen=True)
+class ScoringEngineConfig:
+    """The daemon's scoring engine (mailer.scoringengine); the rules are in scenarios/scoring.yaml."""
+
+    enabled: bool = True
+    # how often every lead is re-scored (clock time): decay lowers scores and cold leads are
+    # recycled even when nothing happens to them; new events are scored within a second anyway
+    refresh_interval: timedelta = timedelta(hours=1)
+    batch: int = 500  # leads re-scored per transaction
+
+
+@dataclass(frozen=True)
 class Config:
     path: Path | None = None  # the file this came from; None for the embedded defaults
     store: Path = Path("mailer.db")
@@ -224,6 +255,9 @@ class Config:
     # no [ips]: one IP, the system's address, not warming: sending as before warm-up existed
     ips: dict[str, SendingIPConfig] = field(default_factory=lambda: {"default": SendingIPConfig(warmup=False)})
     providers: dict[str, ProviderLimits] = field(default_factory=lambda: dict(DEFAULT_LIMITS))
+    api: ApiConfig = ApiConfig()
+    webhooks: dict[str, WebhookConfig] = field(default_factory=dict)
+    scoring: ScoringEngineConfig = ScoringEngineConfig()
 
     def list_config(self, name: str) -> ListConfig:
         """A list's rules; a list mailer.toml does not name has the defaults."""
@@ -264,6 +298,8 @@ _SECTIONS: dict[str, type] = {
     "bounces": BouncesConfig,
     "tracking": TrackingConfig,
     "dkim": DKIMConfig,
+    "api": ApiConfig,
+    "scoring": ScoringEngineConfig,
 }
 # RFC 1035 2.3.1 labels (letters, digits, hyphens; 63 octets), at least two of them
 _HOSTNAME = re.compile(r"(?=.{1,253}$)(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
@@ -308,10 +344,12 @@ def parse_config(raw: dict[str, Any], *, text: str = "", path: Path | None = Non
             values[key] = _identities(value, where)
         elif key == "lists":
             values[key] = _lists(value, where)
+        elif key == "webhooks":
+            values[key] = _webhooks(value, where)
         elif key in _WARMUP_TABLES:
             values[key] = _WARMUP_TABLES[key](value, where)
         else:
-            raise where.unknown(key, [*_PATH_KEYS, *_SECTIONS, "identities", "lists", *_WARMUP_TABLES])
+            raise where.unknown(key, [*_PATH_KEYS, *_SECTIONS, "identities", "lists", "webhooks", *_WARMUP_TABLES])
     for key in _PATH_KEYS:
         values.setdefault(key, base / getattr(Config, key))
     config = Config(**values)
@@ -353,12 +391,16 @@ def parse_config(raw: dict[str, Any], *, text: str = "", path: Path | None = Non
         ("scheduler.poll_interval", config.scheduler.poll_interval),
         ("scheduler.entry_interval", config.scheduler.entry_interval),
         ("bounces.soft_window", config.bounces.soft_window),
+        ("scoring.refresh_interval", config.scoring.refresh_interval),
     ):
         if value < timedelta(seconds=1):
             raise where.error(dotted, "must be at least 1s", "e.g. 1m, 4h or 4d")
     if config.bounces.soft_limit < 1:
         raise where.error("bounces.soft_limit", "must be at least 1", "")
+    if config.scoring.batch < 1:
+        raise where.error("scoring.batch", "must be at least 1", "500 is the default")
     _check_tracking(config.tracking, where)
+    _check_listen("api.listen", config.api.listen, where)
     _check_warmup(config, where)
     for name, list_config in config.lists.items():
         if list_config.sender not in config.identities:
@@ -481,6 +523,51 @@ def _check_tracking(tracking: TrackingConfig, where: _Locator) -> None:
     for name in ("scanner_seconds", "flush_seconds"):
         if getattr(tracking, name) <= 0:
             raise where.error(f"tracking.{name}", "must be more than 0", "")
+
+
+def _check_listen(dotted: str, listen: str, where: _Locator) -> None:
+    host, _, port = listen.rpartition(":")
+    if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise where.error(dotted, f"not HOST:PORT: {listen!r}", 'write e.g. "127.0.0.1:8081"')
+
+
+# HMAC-SHA256 keys shorter than this are guessable offline from one signed call; 16
+# characters of a random string are ~96 bits (Stripe's whsec_ secrets are longer still).
+MIN_WEBHOOK_SECRET = 16
+
+
+def _webhooks(value: Any, where: _Locator) -> dict[str, WebhookConfig]:
+    from mailer.webhooks import WEBHOOK_EVENT_TYPES  # it imports this module
+
+    table = _expect(value, dict, "webhooks", where)
+    webhooks = {}
+    for name, section in table.items():
+        dotted = f"webhooks.{name}"
+        written = dict(_expect(section, dict, dotted, where))
+        for key in ("url", "secret"):
+            if key not in written:
+                raise where.error(dotted, f"no {key}", 'write url = "https://crm.example/hooks/mailer" and a secret of 16+ characters')
+        events = written.pop("events", list(WebhookConfig.events))
+        if not isinstance(events, list) or not events or not all(isinstance(event, str) for event in events):
+            raise where.error(f"{dotted}.events", f"not a list of event types: {events!r}", 'write e.g. ["stage_changed"]')
+        for event in events:
+            if event not in WEBHOOK_EVENT_TYPES:
+                close = difflib.get_close_matches(event, WEBHOOK_EVENT_TYPES, n=1)
+                hint = f"did you mean {close[0]}? " if close else ""
+                raise where.error(f"{dotted}.events", f"unknown event type {event!r}", hint + "known: " + ", ".join(WEBHOOK_EVENT_TYPES))
+        webhook: WebhookConfig = _section(WebhookConfig, written, dotted, where)
+        webhook = dataclasses.replace(webhook, events=tuple(dict.fromkeys(events)))
+        url = urlsplit(webhook.url)
+        if url.scheme not in ("http", "https") or not url.hostname or any(char.isspace() for char in webhook.url):
+            raise where.error(f"{dotted}.url", f"not an http(s) URL: {webhook.url!r}", 'write e.g. "https://crm.example/hooks/mailer"')
+        if len(webhook.secret) < MIN_WEBHOOK_SECRET:
+            raise where.error(f"{dotted}.secret", f"shorter than {MIN_WEBHOOK_SECRET} characters", "use a long random string, e.g. from `openssl rand -hex 32`")
+        if webhook.timeout <= 0:
+            raise where.error(f"{dotted}.timeout", "must be more than 0 seconds", "10 is the default")
+        if webhook.max_attempts < 1:
+            raise where.error(f"{dotted}.max_attempts", "must be at least 1", "8 tries over about 8 hours is the default")
+        webhooks[name] = webhook
+    return webhooks
 
 
 def _lists(value: Any, where: _Locator) -> dict[str, ListConfig]:
@@ -670,6 +757,23 @@ clicks = true                    # rewrite http(s) links through the click redir
 unsubscribe_mailto = ""          # List-Unsubscribe mailto; empty = unsubscribe+<token>@<bounces.domain>
 scanner_seconds = 10             # a click this soon after sending counts as a link scanner's
 subscribe_per_hour = 10          # form posts allowed per client IP per hour
+
+[api]                            # the HTTP API for CRMs and apps: leads, events, stage moves
+enabled = true                   # every call needs a key: `mailer api-key add NAME`
+listen = "127.0.0.1:8081"        # loopback unless a proxy with TLS sits in front
+
+# [webhooks.crm]                 # signed POSTs to a receiver (header Mailer-Signature: t=…,v1=…)
+# url = "https://crm.example/hooks/mailer"
+# secret = "a long random string"  # 16+ characters; the receiver verifies HMAC-SHA256 with it
+# events = ["stage_changed", "account_stage_changed"]   # also score_changed, grade_changed,
+#                                # form_submitted, page_visit, product_event
+# timeout = 10                   # seconds per call
+# max_attempts = 8               # retried after 30s, 2m, 10m, 30m, 1h, 2h, 4h, then given up
+
+[scoring]                        # lead scores, grades and stages from scenarios/scoring.yaml
+enabled = true
+refresh_interval = "1h"          # re-score every lead this often: decay and recycling
+batch = 500                      # leads re-scored per transaction
 
 [dkim]                           # sign every message (RFC 6376); empty key file = unsigned
 selector = "mailer"

@@ -19,10 +19,11 @@ pauses that provider for that IP and raises it again after a clean period.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -63,6 +64,9 @@ from mailer.outbound import Hold, Outbound
 from mailer.sendingdomains import SendingDomains, domain_of_address
 from mailer.warmup import WarmupPlan, prioritize
 from mailer.warmupshell import load_budget, save_budget
+from mailer.api import ApiServer
+from mailer.scoringengine import ScoringEngine, scoring_file
+from mailer.webhooks import WebhookSender
 
 log = logging.getLogger("mailer.daemon")
 
@@ -78,6 +82,9 @@ ROUND_BACKOFF_SECONDS = 1.0  # real time to wait after a failed round before the
 # An attempt still waiting for its receiver after this long no longer holds its worker.
 SLOW_ATTEMPT_SECONDS = 0.5
 FINAL_FLUSH_ATTEMPTS = 10
+SIDE_RETRY_SECONDS = 5.0  # real time before starting the API or webhook sender again, doubling …
+SIDE_RETRY_MAX_SECONDS = 300.0  # … up to this (a port another process holds may come free)
+SIDE_STOP_SECONDS = 10.0  # real time the scoring engine gets to finish its batch at shutdown
 
 
 @dataclass
@@ -143,6 +150,18 @@ class Daemon:
         self._flush_stop = asyncio.Event()
         self.listener: BounceListener | None = None
         self._stopping = False
+        # Scores and stages (mailer.scoringengine), the API and outgoing webhooks run beside the
+        # send loop as tasks of their own: a failure in one is logged and retried, and none of
+        # them can hold up sending or end the daemon.
+        self.scoring_rules = scoring_file(config.scenarios)
+        self.webhook_sender = WebhookSender(store, config.webhooks, clock) if config.webhooks else None
+        self.engine = ScoringEngine(
+            store, scoring=self.scoring_rules, scenarios=lambda: self.scenarios, webhooks=config.webhooks,
+            clock=clock, on_deliveries=self._wake_webhooks, on_enrolled=self._wake.set, settings=config.scoring,
+        ) if config.scoring.enabled else None
+        self.api: ApiServer | None = None
+        self._side_stop = asyncio.Event()
+        self._side_tasks: list[asyncio.Task[None]] = []
 
     # -- scenarios -----------------------------------------------------------------------
 
@@ -177,6 +196,7 @@ class Daemon:
             self.tracker = TrackingServer(config=self.config, store=self.store, links=self.links, clock=self.clock)
             self.tracker.on_message_queued = self._wake.set
             await self.tracker.start()
+        self._start_side_services()
         workers = [asyncio.create_task(self._worker()) for _ in range(self.config.delivery.concurrency)]
         flusher = asyncio.create_task(self._flush_forever())
         next_entry = self.clock.now()
@@ -209,7 +229,77 @@ class Daemon:
                 await listener.stop()
             if self.tracker is not None:
                 await self.tracker.stop()  # writes the tracking events still queued
+            await self._stop_side_services()
         return self.report
+
+    # -- beside the send loop: scoring, the API, webhooks ---------------------------------
+
+    def _start_side_services(self) -> None:
+        self._side_stop.clear()
+        if self.webhook_sender is not None:
+            sender = self.webhook_sender
+            self._side_tasks.append(asyncio.create_task(self._keep_started("the webhook sender", sender.start, sender.stop)))
+        if self.config.api.enabled:
+            self.api = ApiServer(
+                config=self.config, store=self.store, clock=self.clock, scoring=self.scoring_rules,
+                on_change=self._on_api_change, on_deliveries=self._wake_webhooks, scenarios=lambda: self.scenarios,
+            )
+            self._side_tasks.append(asyncio.create_task(self._keep_started("the API", self.api.start, self.api.stop)))
+        if self.engine is not None:
+            self._side_tasks.append(asyncio.create_task(self._run_engine(self.engine), name="scoring"))
+
+    async def _keep_started(self, name: str, start: Callable[[], Awaitable[None]], stop: Callable[[], Awaitable[None]]) -> None:
+        """Start a side service, again and again while it fails (a port in use may come free)."""
+        pause = SIDE_RETRY_SECONDS
+        while not self._side_stop.is_set():
+            try:
+                await start()
+                return
+            except Exception as error:
+                log.error("%s cannot start (%s); trying again in %.0f s", name, str(error) or type(error).__name__, pause)
+                with contextlib.suppress(Exception):
+                    await stop()  # what the failed start left half open
+            await self._side_pause(pause)
+            pause = min(pause * 2, SIDE_RETRY_MAX_SECONDS)
+
+    async def _run_engine(self, engine: ScoringEngine) -> None:
+        """The scoring engine's loop, started again should it ever fail (it logs its own failures)."""
+        while not self._side_stop.is_set():
+            try:
+                await engine.run(self._side_stop)
+            except Exception:
+                log.exception("the scoring engine failed; starting it again in %.0f s", SIDE_RETRY_SECONDS)
+                await self._side_pause(SIDE_RETRY_SECONDS)
+
+    async def _side_pause(self, seconds: float) -> None:
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._side_stop.wait(), seconds)
+
+    async def _stop_side_services(self) -> None:
+        """Stop the API and the engine (its batch under way is written), then the webhook calls."""
+        self._side_stop.set()
+        if self._side_tasks:
+            _, late = await asyncio.wait(self._side_tasks, timeout=SIDE_STOP_SECONDS)
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*self._side_tasks, return_exceptions=True)
+            self._side_tasks.clear()
+        for name, service in (("the API", self.api), ("the webhook sender", self.webhook_sender)):
+            if service is not None:
+                try:
+                    await service.stop()
+                except Exception:
+                    log.exception("stopping %s failed", name)
+
+    def _wake_webhooks(self) -> None:
+        if self.webhook_sender is not None:
+            self.webhook_sender.wake()
+
+    def _on_api_change(self) -> None:
+        """An API write: score it now, and plan at once for a lead a stage move enrolled."""
+        if self.engine is not None:
+            self.engine.wake()
+        self._wake.set()
 
     async def _check_domains(self) -> None:
         """Check each From domain's DNS; a domain failing hard is refused (mailer.sendingdomains)."""
@@ -291,11 +381,15 @@ class Daemon:
         for scenario in self.scenarios.values():
             if scenario.name not in sending:
                 continue  # its sending domain is held: it enrolls nobody meanwhile
+            if scenario.entry.trigger is not None:
+                continue  # entered when a lead changes, by the scoring engine (mailer.stages.triggered_by)
+            # A dynamic list's members are whoever its rule matches now (mailer.segments).
+            rules = [rule for rule in (scenario.entry.segment, scenario.entry.where) if rule is not None]
             after = 0
             while True:
                 candidates = await self.store.entry_candidates(
                     scenario=scenario.name,
-                    list_name=scenario.entry.list_name,
+                    list_name=None if scenario.entry.segment is not None else scenario.entry.list_name,
                     reentry_after=scenario.reentry.after if scenario.reentry.allowed else None,
                     now=now,
                     after_lead_id=after,
@@ -304,11 +398,10 @@ class Daemon:
                 if not candidates:
                     break
                 after = max(lead.id or 0 for lead in candidates)
-                where = scenario.entry.where
                 chosen = [
                     lead.id
                     for lead in candidates
-                    if lead.id is not None and (where is None or where.evaluate(lead, Engagement()))
+                    if lead.id is not None and all(rule.evaluate(lead, Engagement()) for rule in rules)
                 ]
                 entered += await self.store.enroll(
                     scenario=scenario.name, lead_ids=chosen, due_at=now + scenario.steps[0].wait, now=now
@@ -436,6 +529,7 @@ class Daemon:
         finally:
             self._in_flight -= 1
             self._wake.set()
+
 
     async def deliver(self, message: ClaimedMessage) -> Outcome:
         """One attempt for one claimed message, its outcome queued for writing."""

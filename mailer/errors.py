@@ -4,6 +4,7 @@
     ├── UserError                 a mistake in the user's input: one line, exit code 2
     │   ├── ConfigError           mailer.toml
     │   ├── ScenarioError         scenarios/*.yaml
+    │   ├── ScoringError          scenarios/scoring.yaml (scoring, grading and stage rules)
     │   ├── TemplateError         templates/* (syntax, undefined variables, inlining)
     │   └── LeadImportError       a CSV file that cannot be imported at all
     ├── HeaderInjectionError      a personalized header value carries CR, LF or NUL
@@ -55,6 +56,10 @@ class ConfigError(UserError):
 
 class ScenarioError(UserError):
     """A scenario file is malformed or refers to something that does not exist."""
+
+
+class ScoringError(UserError):
+    """scenarios/scoring.yaml is malformed: a scoring, grading or stage rule cannot be read."""
 
 
 class TemplateError(UserError):

@@ -4,11 +4,13 @@ Order of checks, each one the reason a marketer would give:
 
 1. the lead may no longer be mailed (suppressed) → exit;
 2. the scenario's goal (`exit_when`) is reached → exit, before any further step;
-3. the previous step's message is still on its way (deferred, say) → wait for it, so that
+3. the lead no longer matches the rule of the dynamic list it entered by → exit, since a
+   dynamic list is evaluated at send time (mailer.segments);
+4. the previous step's message is still on its way (deferred, say) → wait for it, so that
    steps arrive in order and conditions on it see its fate;
-4. the step's condition does not hold → skip it, the next step's wait counts from now;
-5. the send window is closed in the lead's time zone → wait until it opens;
-6. otherwise → queue the step's message; the next step is due after its own wait.
+5. the step's condition does not hold → skip it, the next step's wait counts from now;
+6. the send window is closed in the lead's time zone → wait until it opens;
+7. otherwise → queue the step's message; the next step is due after its own wait.
 """
 
 from __future__ import annotations
@@ -55,6 +57,9 @@ def plan(
         return Decision("exit", step_index, None, "goal reached")
     if step_index >= len(scenario.steps):
         return Decision("complete", step_index, None)
+    segment = scenario.entry.segment
+    if segment is not None and not segment.evaluate(lead, engagement):
+        return Decision("exit", step_index, None, f"no longer in list {scenario.entry.list_name}")
     if previous_pending_until is not None:
         recheck = max(previous_pending_until, now) + PENDING_RECHECK
         return Decision("wait", step_index, recheck, "the previous step is not delivered yet")

@@ -20,7 +20,11 @@ from jinja2.sandbox import SandboxedEnvironment
 
 from mailer import durations
 from mailer.conditions import Condition, parse_condition
+from mailer.entry import Entry as Entry  # re-exported: a scenario's entry rule
+from mailer.entry import EntryTrigger as EntryTrigger
+from mailer.entry import parse_entry
 from mailer.errors import ScenarioError
+from mailer.segments import LISTS_FILE, declared_lists, load_segments
 from mailer.sendwindow import SendWindow, parse_send_window
 from mailer.yamlfile import (
     YamlMap, check_keys, closest, describe, did_you_mean, item_line, key_line, line_of, load_yaml, subfield,
@@ -33,16 +37,8 @@ _STEP_KEYS = ("id", "wait", "subject", "template", "text_template", "send_window
 # Step ids end up in the store, in Message-IDs and in reports: keep them to plain words.
 _STEP_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}", re.ASCII)
 # Other features keep their own YAML files beside the scenarios.
-NOT_SCENARIOS = frozenset({"scoring.yaml", "scoring.yml"})
+NOT_SCENARIOS = frozenset({"scoring.yaml", "scoring.yml", LISTS_FILE})
 _JINJA = SandboxedEnvironment()
-
-
-@dataclass(frozen=True)
-class Entry:
-    """Who enters: members of a list, leads matching a condition, or list members matching it."""
-
-    list_name: str | None
-    where: Condition | None
 
 
 @dataclass(frozen=True)
@@ -143,14 +139,19 @@ class _Section:
 
 
 def load_scenario(
-    path: Path, *, identities: Collection[str] | None = None, templates_dir: Path | None = None
+    path: Path,
+    *,
+    identities: Collection[str] | None = None,
+    templates_dir: Path | None = None,
+    segments: Mapping[str, Condition] | None = None,
 ) -> Scenario:
     """Read and check one scenario file; errors are ScenarioError naming `path` as given.
 
     The sender is checked against `identities` (from mailer.toml) and template files against
-    `templates_dir` when they are given.
+    `templates_dir` when they are given. An entry list named in `segments` (the dynamic
+    lists of lists.yaml) enters the leads its rule matches.
     """
-    return _load(path, identities, templates_dir)[0]
+    return _load(path, identities, templates_dir, segments or {})[0]
 
 
 def load_scenarios(
@@ -158,8 +159,11 @@ def load_scenarios(
 ) -> tuple[list[Scenario], list[ScenarioError]]:
     """Load each ``*.yaml`` and ``*.yml`` in `directory` in name order, except `NOT_SCENARIOS`.
 
-    A bad file becomes an error and does not stop the others; so does a second scenario
-    with a name already taken.
+    The dynamic lists come from the directory's lists.yaml. A bad file becomes an error and
+    does not stop the others; so does a second scenario with a name already taken. While
+    lists.yaml has a mistake, the scenarios entering by a list it names are refused too (with
+    no way to tell, by any list): sending them by a rule that failed to load could mail the
+    wrong people.
     """
     if not directory.is_dir():
         hint = "create it or fix `scenarios` in mailer.toml"
@@ -170,12 +174,26 @@ def load_scenarios(
     )
     scenarios: list[Scenario] = []
     errors: list[ScenarioError] = []
+    lists_file = directory / LISTS_FILE
+    broken_lists: frozenset[str] | None = frozenset()
+    try:
+        segments = load_segments(lists_file)
+    except ScenarioError as error:
+        errors.append(error)
+        segments, broken_lists = {}, declared_lists(lists_file)
     files_by_name: dict[str, str] = {}
     for path in paths:
         try:
-            scenario, document = _load(path, identities, templates_dir)
+            scenario, document = _load(path, identities, templates_dir, segments)
         except ScenarioError as error:
             errors.append(error)
+            continue
+        list_name = scenario.entry.list_name
+        if list_name is not None and (broken_lists is None or list_name in broken_lists):
+            errors.append(ScenarioError(
+                f"list {list_name!r} cannot be used while {lists_file} has a mistake", file=scenario.file,
+                line=key_line(document["entry"], "list"), field="entry.list", hint=f"fix {lists_file} first",
+            ))
             continue
         if scenario.name in files_by_name:  # the name keys each lead's progress in the store
             errors.append(ScenarioError(
@@ -190,7 +208,7 @@ def load_scenarios(
 
 
 def _load(
-    path: Path, identities: Collection[str] | None, templates_dir: Path | None
+    path: Path, identities: Collection[str] | None, templates_dir: Path | None, segments: Mapping[str, Condition]
 ) -> tuple[Scenario, YamlMap]:
     file = str(path)
     document = load_yaml(path, file=file)
@@ -203,7 +221,8 @@ def _load(
     if identities is not None and sender not in identities:
         known = did_you_mean(sender, identities) if identities else "mailer.toml defines no identities"
         raise top.error("sender", f"no sending identity named {sender!r}", known)
-    entry = _entry(top)
+    hint = "write entry: {list: NAME}, entry: {where: CONDITION}, both, or entry: {trigger: became_MQL}"
+    entry = parse_entry(top.required("entry", hint), file=file, line=key_line(document, "entry"), segments=segments)
     timezone = _timezone(top)
     send_window = top.send_window("send_window")
     steps = _steps(top, templates_dir)
@@ -222,21 +241,6 @@ def _load(
         description=top.text("description", required=False, hint="one line about the scenario") or "",
     )
     return scenario, document
-
-
-def _entry(top: _Section) -> Entry:
-    hint = "write entry: {list: NAME}, entry: {where: CONDITION} or both"
-    value = top.required("entry", hint)
-    if not isinstance(value, Mapping) or not value:
-        raise top.error("entry", f"must be a mapping with list or where, not {describe(value)}", hint)
-    check_keys(value, ("list", "where"), file=top.file, field="entry")
-    entry = _Section(value, top.file, "entry")
-    where = entry.condition("where")
-    for test in () if where is None else where.engagement_tests():
-        problem = "an entry rule cannot test what a lead opened, clicked or was sent"
-        hint = "a lead has done nothing in a scenario before entering it; test attributes instead"
-        raise entry.error("where", problem, hint, line=test.line)
-    return Entry(list_name=entry.text("list", required=False, hint="e.g. list: newsletter"), where=where)
 
 
 # `reentry: true` alone: a lead that left may enter again after this long. Never at once:

@@ -164,4 +164,101 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (ip, provider)
     ) WITHOUT ROWID;
     """,
+    # 5: scoring, grading, lifecycle stages, the API and webhooks (mailer.sqlitescoring).
+    # Triggers queue a lead for re-scoring whenever something it is scored or graded on is
+    # written, so every writer, present and future, re-scores without knowing about scoring.
+    # Each touch draws a new random stamp; the engine deletes only the (lead, stamp) pairs it
+    # read, so a touch while a batch is being scored leaves the lead queued for the next one.
+    # The type list is mailer.scoremodel.SCORED_ROW_TYPES as of this version (a later change
+    # to it needs a migration that recreates the trigger; tests/test_sqlitescoring.py checks).
+    # Leads already stored are queued once, so an upgraded database gets scored.
+    """
+    ALTER TABLE leads ADD COLUMN score INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE leads ADD COLUMN product_score INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE leads ADD COLUMN grade TEXT NOT NULL DEFAULT '';
+    ALTER TABLE leads ADD COLUMN stage_since INTEGER;
+    ALTER TABLE leads ADD COLUMN last_engaged_at INTEGER;
+    ALTER TABLE leads ADD COLUMN account TEXT;
+    CREATE INDEX leads_stage ON leads (stage);
+    CREATE INDEX leads_account ON leads (account, score);
+    CREATE TABLE accounts (
+        account TEXT PRIMARY KEY,
+        score INTEGER NOT NULL DEFAULT 0,
+        stage TEXT NOT NULL DEFAULT '',
+        stage_since INTEGER,
+        updated_at INTEGER NOT NULL
+    );
+    CREATE TABLE scoring_queue (
+        lead_id INTEGER PRIMARY KEY,
+        stamp INTEGER NOT NULL
+    );
+    INSERT INTO scoring_queue (lead_id, stamp) SELECT id, random() FROM leads;
+    CREATE TRIGGER scoring_event_added AFTER INSERT ON events
+    WHEN NEW.lead_id IS NOT NULL AND NEW.machine = 0 AND NEW.type IN (
+        'opened', 'clicked', 'subscribed', 'confirmed', 'unsubscribed', 'bounce', 'failed', 'complained',
+        'form_submitted', 'page_visit', 'product_event')
+    BEGIN
+        INSERT INTO scoring_queue (lead_id, stamp) VALUES (NEW.lead_id, random())
+        ON CONFLICT (lead_id) DO UPDATE SET stamp = excluded.stamp;
+    END;
+    CREATE TRIGGER scoring_event_rejudged AFTER UPDATE OF machine ON events
+    WHEN NEW.lead_id IS NOT NULL AND NEW.machine IS NOT OLD.machine AND NEW.type IN (
+        'opened', 'clicked', 'subscribed', 'confirmed', 'unsubscribed', 'bounce', 'failed', 'complained',
+        'form_submitted', 'page_visit', 'product_event')
+    BEGIN
+        INSERT INTO scoring_queue (lead_id, stamp) VALUES (NEW.lead_id, random())
+        ON CONFLICT (lead_id) DO UPDATE SET stamp = excluded.stamp;
+    END;
+    CREATE TRIGGER scoring_lead_added AFTER INSERT ON leads
+    BEGIN
+        INSERT INTO scoring_queue (lead_id, stamp) VALUES (NEW.id, random())
+        ON CONFLICT (lead_id) DO UPDATE SET stamp = excluded.stamp;
+    END;
+    CREATE TRIGGER scoring_profile_changed
+    AFTER UPDATE OF first_name, last_name, company, job_title, source, attributes ON leads
+    WHEN NEW.first_name IS NOT OLD.first_name OR NEW.last_name IS NOT OLD.last_name
+        OR NEW.company IS NOT OLD.company OR NEW.job_title IS NOT OLD.job_title
+        OR NEW.source IS NOT OLD.source OR NEW.attributes IS NOT OLD.attributes
+    BEGIN
+        INSERT INTO scoring_queue (lead_id, stamp) VALUES (NEW.id, random())
+        ON CONFLICT (lead_id) DO UPDATE SET stamp = excluded.stamp;
+    END;
+    CREATE TABLE event_keys (
+        key TEXT PRIMARY KEY,
+        event_id INTEGER NOT NULL REFERENCES events(id)
+    ) WITHOUT ROWID;
+    CREATE TABLE api_keys (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        hash BLOB NOT NULL UNIQUE,
+        created_at INTEGER NOT NULL,
+        revoked_at INTEGER,
+        last_used_at INTEGER
+    );
+    CREATE TABLE webhook_deliveries (
+        id INTEGER PRIMARY KEY,
+        webhook TEXT NOT NULL,
+        event_type TEXT NOT NULL,
+        event_id TEXT NOT NULL,
+        body BLOB NOT NULL,
+        state TEXT NOT NULL DEFAULT 'pending' CHECK (state IN ('pending', 'delivered', 'failed')),
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at INTEGER,
+        last_status INTEGER,
+        last_error TEXT NOT NULL DEFAULT '',
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL,
+        UNIQUE (webhook, event_id)
+    );
+    CREATE INDEX webhook_deliveries_due ON webhook_deliveries (next_attempt_at) WHERE state = 'pending';
+    CREATE TABLE webhook_attempts (
+        id INTEGER PRIMARY KEY,
+        delivery_id INTEGER NOT NULL REFERENCES webhook_deliveries(id),
+        at INTEGER NOT NULL,
+        status INTEGER,
+        error TEXT NOT NULL DEFAULT '',
+        duration_ms INTEGER NOT NULL
+    );
+    CREATE INDEX webhook_attempts_delivery ON webhook_attempts (delivery_id);
+    """,
 )

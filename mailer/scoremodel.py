@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from mailer.leads import Lead
@@ -108,6 +108,9 @@ class LeadScoring:
     events: tuple[ScoringEvent, ...]  # every human scoring event of the lead, any order
     stage_since: datetime | None  # when the current stage began (None: never changed)
     account: str | None  # the account key (mailer.stages.account_of) or None
+    # leads.last_engaged_at as the last scoring stored it (None: never engaged or never scored):
+    # a form event later than this is new to the engine, and fires form entry triggers once
+    last_engaged_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -149,6 +152,9 @@ class Trigger:
 
     scenario: str
     lead_id: int
+    wait: timedelta = timedelta(0)  # the scenario's first wait: its first step is due this long after entry
+    # how long after leaving it the lead may enter again; None: never (the scenario's `reentry`)
+    reentry_after: timedelta | None = timedelta(0)
 
 
 @dataclass(frozen=True)

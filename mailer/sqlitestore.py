@@ -31,6 +31,10 @@ from mailer.sqlitebounces import BounceTables
 from mailer.sqliteconsent import SUPPRESSIONS_OF_LEAD, ConsentTables, suppressions_column
 from mailer.sqlitereport import ReportQueries
 from mailer.sqlitereputation import ReputationQueries
+from mailer.sqliteapi import ApiTables
+from mailer.sqlitescoring import LEAD_COLUMNS as _LEAD_COLUMNS
+from mailer.sqlitescoring import ScoringTables
+from mailer.sqlitescoring import lead_from_row as _lead
 from mailer.sqlitetracking import TrackingTables
 from mailer.sqlitewarmup import WarmupTables
 from mailer.timestamps import from_ms, ms
@@ -43,10 +47,6 @@ from mailer.store import (
     UpsertCounts,
 )
 
-_LEAD_COLUMNS = (
-    "l.id, l.email, l.first_name, l.last_name, l.company, l.job_title, l.timezone, l.source, "
-    "l.attributes, l.stage"
-)
 _GLOBALLY_SUPPRESSED = "EXISTS (SELECT 1 FROM suppressions s WHERE s.email = l.email AND s.list = '')"
 
 
@@ -54,25 +54,10 @@ class StoreError(MailerError):
     """The database cannot be used as it is (newer schema, no WAL)."""
 
 
-def _lead(row: Sequence[Any], offset: int = 0) -> Lead:
-    (id_, email, first, last, company, title, tz, source, attributes, stage) = row[
-        offset : offset + 10
-    ]
-    return Lead(
-        id=id_,
-        email=email,
-        first_name=first,
-        last_name=last,
-        company=company,
-        job_title=title,
-        timezone=tz,
-        source=source,
-        attributes=json.loads(attributes),
-        stage=stage,
-    )
-
-
-class SQLiteStore(BounceTables, TrackingTables, ConsentTables, ReportQueries, WarmupTables, ReputationQueries):
+class SQLiteStore(
+    BounceTables, TrackingTables, ConsentTables, ReportQueries, WarmupTables, ReputationQueries, ScoringTables,
+    ApiTables,
+):
     """`Store` on one SQLite file."""
 
     def __init__(self, path: Path, *, busy_timeout: float = 10.0) -> None:
@@ -604,7 +589,19 @@ def _outcome_data(outcome: Outcome) -> str:
 
 
 def _statements(script: str) -> list[str]:
-    return [s.strip() for s in script.split(";") if s.strip()]
+    """A migration's statements; a trigger's body has semicolons of its own, so split where
+    SQLite says a statement is complete."""
+    statements: list[str] = []
+    pending = ""
+    for piece in script.split(";"):
+        pending += piece + ";"
+        if sqlite3.complete_statement(pending):
+            if pending.strip(" \n;"):
+                statements.append(pending.strip())
+            pending = ""
+    if pending.strip(" \n;"):
+        statements.append(pending.strip())
+    return statements
 
 
 def _chunks(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:

@@ -31,9 +31,10 @@ class TrackingTables(StoreTables):
             separators=(",", ":"),
         )
         async with self.transaction():
-            before = self.db.total_changes
-            await self.db.execute(_INSERT_EVENTS, (batch,))
-            return self.db.total_changes - before
+            # rowcount, not total_changes: the latter also counts the rows the scoring
+            # triggers (schema 5) write into scoring_queue
+            cursor = await self.db.execute(_INSERT_EVENTS, (batch,))
+            return cursor.rowcount
 
     async def reclassify_tracking_events(self, changes: Sequence[Reclassification]) -> int:
         """Mark clicks stored as human as a machine's (a burst seen only at its second click)."""
@@ -45,9 +46,8 @@ class TrackingTables(StoreTables):
         if not rows:
             return 0
         async with self.transaction():
-            before = self.db.total_changes
             # events_message (message_id, type) finds the message's few clicks
-            await self.db.executemany(
+            cursor = await self.db.executemany(
                 """
                 UPDATE events SET machine = 1, data = json_set(data, '$.reason', ?)
                 WHERE message_id = ? AND type = 'clicked' AND machine = 0
@@ -55,7 +55,7 @@ class TrackingTables(StoreTables):
                 """,
                 rows,
             )
-            return self.db.total_changes - before
+            return cursor.rowcount  # the events changed, not the queue rows their trigger wrote
 
 
 def _data(event: TrackingEvent) -> dict[str, Any]:

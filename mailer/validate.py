@@ -24,7 +24,8 @@ from mailer.leads import Lead
 from mailer.links import Links
 from mailer.mime import make_message_id
 from mailer.render import Renderer, render_error
-from mailer.scenario import Scenario, Step, load_scenario, load_scenarios
+from mailer.scenario import NOT_SCENARIOS, Scenario, Step, load_scenario, load_scenarios
+from mailer.segments import LISTS_FILE, load_segments
 from mailer.store import open_store
 from mailer.tokens import Signer
 
@@ -34,11 +35,13 @@ SAMPLE_SIZE = 20
 def validate(config: Config, *, path: Path | None, leads_csv: Path | None) -> tuple[list[UserError], str]:
     """Every problem found, and a one-line summary."""
     scenarios, problems = _load(config, path)
+    scoring_problems, scoring_note = check_scoring(config, path)
+    problems += scoring_problems
     leads = sample_leads(config, leads_csv)
     renderer = Renderer(config.templates)
     composer = Composer(renderer, config.identities, links=preview_links(config), config=config)
     steps = 0
-    notes: list[str] = []
+    notes: list[str] = [scoring_note] if scoring_note else []
     for scenario in scenarios:
         for step in scenario.steps:
             steps += 1
@@ -58,15 +61,40 @@ def validate(config: Config, *, path: Path | None, leads_csv: Path | None) -> tu
 
 def _load(config: Config, path: Path | None) -> tuple[list[Scenario], list[UserError]]:
     where = path or config.scenarios
+    if where.is_file() and where.name in NOT_SCENARIOS and where.name != LISTS_FILE:
+        return [], []  # scoring.yaml: checked by its own reader
     if where.is_file():
         try:
-            return [load_scenario(where, identities=config.identities, templates_dir=config.templates)], []
+            segments = load_segments(where.parent / LISTS_FILE)  # the dynamic lists beside it (or it)
+            if where.name in NOT_SCENARIOS:
+                return [], []
+            return [load_scenario(where, identities=config.identities, templates_dir=config.templates, segments=segments)], []
         except ScenarioError as error:
             return [], [error]
     if not where.is_dir():
         raise ScenarioError("no such file or directory", file=str(where), hint="name a scenario file or the scenarios folder")
     scenarios, errors = load_scenarios(where, identities=config.identities, templates_dir=config.templates)
     return scenarios, list(errors)
+
+
+def check_scoring(config: Config, path: Path | None) -> tuple[list[UserError], str | None]:
+    """The scoring rules beside the scenarios (or the scoring.yaml named), and a note of what they hold."""
+    from mailer.scoringengine import SCORING_FILE, scoring_file
+    from mailer.scoringrules import load_scoring
+
+    if path is not None and path.is_file():
+        if path.name not in (SCORING_FILE, "scoring.yml"):
+            return [], None
+        target = path
+    else:
+        target = scoring_file(path or config.scenarios).path
+    try:
+        rules = load_scoring(target)
+    except UserError as error:
+        return [error], None
+    if rules.file is None:
+        return [], f"note: no {target.name}: no lead is scored or graded"
+    return [], f"{target.name}: {len(rules.rules)} scoring rules, {len(rules.grading)} grading rules"
 
 
 def _check_step(renderer: Renderer, composer: Composer, scenario: Scenario, step: Step, leads: list[Lead]) -> UserError | None:

@@ -87,6 +87,9 @@ data = 5
 [tracking]
 listen = "127.0.0.1:0"  # any free port: tests run side by side
 base_url = "https://t.acme.example"
+
+[api]
+listen = "127.0.0.1:0"
 """
 
 
@@ -110,6 +113,7 @@ def make_config(root: Path, port: int, **sections: dict[str, object]) -> Config:
         "delivery": {"concurrency": 4},
         # The tracking server binds an ephemeral port, so tests can run side by side.
         "tracking": {"listen": "127.0.0.1:0", "base_url": "https://t.acme.example"},
+        "api": {"listen": "127.0.0.1:0"},
     }
     raw.update(sections)
     return parse_config(raw, path=root / "mailer.toml")

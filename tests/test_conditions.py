@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from types import MappingProxyType
 from typing import Any
 
@@ -87,8 +88,10 @@ def test_numeric_step_ids_read_as_text() -> None:
         ("c:\n  equals: 1\n", 2, "c.equals", "unknown condition 'equals'", "equals needs `attribute: NAME` beside it"),
         ("c:\n  opened: a\n  clicked: b\n", 3, "c.clicked", "'opened' and 'clicked' cannot share a condition", "combine them with all: [...] or any: [...]"),
         ("c:\n  all: {opened: a}\n", 2, "c.all", "all needs a list of conditions, not a mapping", None),
-        ("c:\n  all:\n    - opened: a\n    - welcome\n", 4, "c.all[1]", "must be a condition, not text", None),
-        ("c:\n  not: welcome\n", 2, "c.not", "must be a condition, not text", None),
+        ("c:\n  all:\n    - opened: a\n    - welcome\n", 4, "c.all[1]", "'welcome': one word is not a condition", None),
+        ("c:\n  not: welcome\n", 2, "c.not", "'welcome': one word is not a condition", None),
+        ("c:\n  not: 3\n", 2, "c.not", "must be a condition, not a number", None),
+        ("c: []\n", 1, "c", "must be a condition, not a list", None),
         ("c:\n  clicked: [a]\n", 2, "c.clicked", "clicked needs a step id or `any`, not a list", "e.g. clicked: welcome"),
         ("c: {}\n", 1, "c", "must be a condition, not a mapping", None),
     ],
@@ -271,3 +274,205 @@ def test_parse_only_raises_scenario_errors(node: object) -> None:
         assert error.field is not None and error.field.startswith("c")
     else:
         compiled.evaluate(lead(), NOBODY)
+
+
+# Score, grade and stage
+
+def scored(**fields: Any) -> Lead:
+    return Lead(email="ada@example.com", **fields)
+
+
+@pytest.mark.parametrize(
+    ("text", "fields", "expected"),
+    [
+        ("{attribute: score, gte: 50}", {"score": 50}, True),
+        ("{attribute: score, gt: 50}", {"score": 50}, False),
+        ("{attribute: product_score, lt: 10}", {"product_score": 3}, True),
+        ("{attribute: grade, gte: B}", {"grade": "A"}, True),
+        ("{attribute: grade, gte: B}", {"grade": "B"}, True),
+        ("{attribute: grade, gte: b}", {"grade": "C"}, False),
+        ("{attribute: grade, gte: D}", {"grade": "F"}, False),
+        ("{attribute: grade, gte: F}", {"grade": ""}, False),
+        ("{attribute: grade, lt: B}", {"grade": ""}, False),
+        ("{attribute: grade, lte: C}", {"grade": "F"}, True),
+        ("{attribute: grade, equals: a}", {"grade": "A"}, True),
+        ("{attribute: stage, gte: SQL}", {"stage": "SQL"}, True),
+        ("{attribute: stage, gte: SQL}", {"stage": "customer"}, True),
+        ("{attribute: stage, gte: SQL}", {"stage": "SAL"}, False),
+        ("{attribute: stage, gte: sal}", {"stage": "SGL"}, True),
+        ("{attribute: stage, gt: lead}", {"stage": "PQL"}, True),
+        ("{attribute: stage, lt: MQL}", {"stage": "recycled"}, True),
+        ("{attribute: stage, lte: MQL}", {"stage": "PQL"}, True),
+        ("{attribute: stage, gte: lead}", {"stage": "prospect"}, False),
+        ("{attribute: stage, in: [mql, pql]}", {"stage": "PQL"}, True),
+    ],
+)
+def test_score_grade_and_stage_compare_by_their_own_order(text: str, fields: dict[str, Any], expected: bool) -> None:
+    """Scores compare as numbers, grades with A best, stages along the lifecycle; no grade passes no grade test."""
+    assert holds(text, scored(**fields)) is expected
+
+
+@pytest.mark.parametrize(
+    ("text", "problem", "hint"),
+    [
+        ("{attribute: grade, gte: E}", "gte on grade needs a grade, not 'E'", "grades are A, B, C, D, F"),
+        ("{attribute: stage, gte: SQLL}", "gte on stage needs a stage, not 'SQLL'", "did you mean 'SQL'?"),
+        ("{attribute: stage, equals: costumer}", "equals on stage needs a stage, not 'costumer'", "did you mean 'customer'?"),
+        ("{attribute: stage, in: [MQL, SAl, xx]}", "in on stage needs a stage, not 'xx'", None),
+        ("{attribute: {grade: G}}", "equals on grade needs a grade, not 'G'", None),
+    ],
+)
+def test_grades_and_stages_must_exist(text: str, problem: str, hint: str | None) -> None:
+    """A grade or stage that does not exist is refused at load time, not silently never matched."""
+    with pytest.raises(ScenarioError) as caught:
+        condition(text)
+    assert caught.value.problem == problem
+    if hint is not None:
+        assert caught.value.hint == hint
+
+
+def test_stage_values_compile_to_their_canonical_names() -> None:
+    """`stage >= sql` and `grade = b` compile to SQL and B, so the tree reads the same however it was written."""
+    assert condition("{attribute: stage, gte: sql}") == AttributeTest("stage", "gte", "SQL")
+    assert condition("{attribute: grade, equals: b}") == AttributeTest("grade", "equals", "B")
+
+
+# The short form
+
+
+@pytest.mark.parametrize(
+    ("short", "mapping"),
+    [
+        ("score >= 50", "{attribute: score, gte: 50}"),
+        ("score>50", "{attribute: score, gt: 50}"),
+        ("score <= 2.5", "{attribute: score, lte: 2.5}"),
+        ("company_size < 10", "{attribute: company_size, lt: 10}"),
+        ("country = JP", "{attribute: country, equals: JP}"),
+        ("country == JP", "{attribute: country, equals: JP}"),
+        ("country != JP", "{attribute: country, not_equals: JP}"),
+        ("stage >= SQL", "{attribute: stage, gte: SQL}"),
+        ("grade >= b", "{attribute: grade, gte: B}"),
+        ("job_title = 'VP Sales'", "{attribute: job_title, equals: VP Sales}"),
+        ('industry = "Research and Development"', "{attribute: industry, equals: Research and Development}"),
+        ("score >= 50 and grade >= B", "{all: [{attribute: score, gte: 50}, {attribute: grade, gte: B}]}"),
+        ("score >= 50 AND grade >= B OR stage = PQL",
+         "{any: [{all: [{attribute: score, gte: 50}, {attribute: grade, gte: B}]}, {attribute: stage, equals: PQL}]}"),
+        ("a = 1 or b = 2 and c = 3 or d = 4",
+         "{any: [{attribute: a, equals: 1}, {all: [{attribute: b, equals: 2}, {attribute: c, equals: 3}]}, {attribute: d, equals: 4}]}"),
+    ],
+)
+def test_short_form_compiles_to_the_same_tree(short: str, mapping: str) -> None:
+    """A short-form string means exactly what its mapping spelling means; `and` binds tighter than `or`."""
+    assert parse_condition(short, file="s.yaml", field="c") == condition(mapping)
+
+
+def test_a_yaml_list_is_all_of_it() -> None:
+    """A list of conditions, short or long, holds when every one of them does."""
+    parsed = condition("['score >= 50', {attribute: grade, gte: B}]")
+    assert parsed == AllOf((AttributeTest("score", "gte", 50), AttributeTest("grade", "gte", "B")))
+    assert parsed.evaluate(scored(score=60, grade="A"), NOBODY)
+    assert not parsed.evaluate(scored(score=60, grade="C"), NOBODY)
+
+
+@pytest.mark.parametrize(
+    ("text", "problem", "hint"),
+    [
+        ("score >= fifty", "'score >= fifty': >= needs a number, not 'fifty'", "e.g. score >= 100"),
+        ("score is 50", "'score is 50': expected an operator after 'score', found 'is'", "operators: >= > <= < = == !="),
+        ("score >=", "'score >=': expected a value after '>='", None),
+        ("score >= 50 grade >= B", "'score >= 50 grade >= B': expected `and` or `or` before 'grade'", None),
+        ("score >= 50 and", "'score >= 50 and': expected a field name after 'and'", None),
+        ("(score >= 50)", "'(score >= 50)': parentheses are not supported", "group tests with a mapping: {any: [...]} or {all: [...]}"),
+        ("industry = Financial Services", "'industry = Financial Services': expected `and` or `or` before 'Services'", None),
+        ('title = "VP', "'title = \"VP': a \" quote is not closed", "end the quoted value with the same quote"),
+        ("score ! 3", "'score ! 3': '!' is not an operator", "write != for not equal"),
+        ("not stage = SQL", "'not stage = SQL': `not` has no short form", "write {not: CONDITION}"),
+        ("opened = welcome", "'opened = welcome': 'opened' has no short form", "write {opened: STEP_ID}"),
+        ("grade >= Z", "'grade >= Z': >= on grade needs a grade, not 'Z'", "grades are A, B, C, D, F"),
+        ("stage = SQLL or x = 1", "'stage = SQLL or x = 1': = on stage needs a stage, not 'SQLL'", "did you mean 'SQL'?"),
+        ("welcome", "'welcome': one word is not a condition", None),
+    ],
+)
+def test_short_form_mistakes_are_reported_at_their_line(text: str, problem: str, hint: str | None) -> None:
+    """A broken short form names its own text, what is wrong, the condition's line and field, and a hint."""
+    node = parse_yaml(f"x: 1\nc:\n  all:\n    - {json.dumps(text)}\n", file="s.yaml")["c"]
+    with pytest.raises(ScenarioError) as caught:
+        parse_condition(node, file="s.yaml", field="c")
+    error = caught.value
+    assert (error.file, error.line, error.field, error.problem) == ("s.yaml", 4, "c.all[0]", problem)
+    assert error.hint
+    if hint is not None:
+        assert error.hint == hint
+
+
+symbols = st.sampled_from([">=", ">", "<=", "<", "=", "==", "!="])
+field_names = st.sampled_from(["score", "product_score", "company_size", "country", "x_1"])
+short_values = st.one_of(st.integers(-1000, 1000), st.sampled_from(["JP", "saas", "1.5", "VP Sales", "a-b"]))
+
+
+@given(st.lists(st.lists(st.tuples(field_names, symbols, short_values), min_size=1, max_size=3), min_size=1, max_size=3))
+def test_any_written_short_form_reads_back_as_its_clauses(alternatives: list[list[tuple[str, str, object]]]) -> None:
+    """Clauses joined by and/or, written out as text, compile to the tree of AttributeTests they spell."""
+    ops = {">=": "gte", ">": "gt", "<=": "lte", "<": "lt", "=": "equals", "==": "equals", "!=": "not_equals"}
+
+    def written(value: object) -> str:
+        return f'"{value}"' if isinstance(value, str) and " " in value else str(value)
+
+    text = " or ".join(" and ".join(f"{name} {symbol} {written(value)}" for name, symbol, value in group) for group in alternatives)
+    ordered = [(name, symbol, value) for group in alternatives for name, symbol, value in group]
+    if any(ops[symbol] in ("gt", "gte", "lt", "lte") and not str(value).lstrip("-").replace(".", "", 1).isdigit()
+           for _, symbol, value in ordered):
+        with pytest.raises(ScenarioError):
+            parse_condition(text, file="s.yaml", field="c")
+        return
+
+    def expected(value: object) -> object:
+        return float(value) if value == "1.5" else value
+
+    groups: list[Condition] = []
+    for group in alternatives:
+        tests = tuple(AttributeTest(name, ops[symbol], expected(value)) for name, symbol, value in group)  # type: ignore[arg-type]
+        groups.append(tests[0] if len(tests) == 1 else AllOf(tests))
+    assert parse_condition(text, file="s.yaml", field="c") == (groups[0] if len(groups) == 1 else AnyOf(tuple(groups)))
+
+
+@given(st.text(alphabet="scoregadJP <>=!'\"()andor0123456789.-_ ", max_size=30))
+def test_any_text_compiles_or_raises_scenario_error(text: str) -> None:
+    """Whatever one line of text says, it compiles to a condition or is refused with a ScenarioError."""
+    try:
+        compiled = parse_condition(text, file="s.yaml", field="c")
+    except ScenarioError as error:
+        assert error.field == "c"
+    else:
+        compiled.evaluate(scored(score=3, grade="B"), NOBODY)
+
+
+# Explaining
+
+
+@pytest.mark.parametrize(
+    ("text", "fields", "reason"),
+    [
+        ("score >= 50 and grade >= B", {"score": 55, "grade": "B"}, "score 55 ≥ 50 and grade B ≥ B"),
+        ("score >= 50 and grade >= B", {"score": 55, "grade": "C"}, "grade C < B"),
+        ("score >= 50 and grade >= B", {"score": 55}, "grade has no value"),
+        ("score >= 50 or stage = PQL", {"score": 10, "stage": "PQL"}, "stage PQL = PQL"),
+        ("score >= 50 or stage = PQL", {"score": 10}, "score 10 < 50 and stage lead ≠ PQL"),
+        ("{not: {attribute: stage, in: [SQL, customer]}}", {"stage": "MQL"}, "stage MQL not in [SQL, customer]"),
+        ("{attribute: job_title, contains: director}", {"job_title": "IT Director"}, "job_title IT Director contains director"),
+        ("{attribute: budget, exists: true}", {"attributes": {"budget": "10k"}}, "budget is set"),
+        ("{attribute: budget, exists: true}", {}, "budget is not set"),
+        ("{attribute: employees, gte: 50.0}", {"attributes": {"employees": "250"}}, "employees 250 ≥ 50"),
+    ],
+)
+def test_explain_says_why_in_a_salespersons_words(text: str, fields: dict[str, Any], reason: str) -> None:
+    """explain names the lead's own values against the rule: what held when it holds, what failed when it fails."""
+    node = parse_yaml(f"c: {json.dumps(text) if not text.startswith('{') else text}\n", file="s.yaml")["c"]
+    assert parse_condition(node, file="s.yaml", field="c").explain(scored(**fields), NOBODY) == reason
+
+
+def test_explain_engagement() -> None:
+    """Engagement tests explain as what the lead did or did not do."""
+    engagement = Engagement(opened=frozenset({"welcome"}))
+    assert condition("{opened: welcome}").explain(lead(), engagement) == "opened welcome"
+    assert condition("{clicked: any}").explain(lead(), engagement) == "not clicked an email of this scenario"

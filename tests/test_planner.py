@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mailer.conditions import Engagement
+from mailer.conditions import Engagement, parse_condition
 from mailer.leads import Lead
 from mailer.planner import Decision, lead_zone, plan
 from mailer.scenario import Entry, Reentry, Scenario, Step, load_scenario
@@ -267,3 +267,52 @@ def test_a_pending_previous_message_does_not_hold_an_exit(nurture: Scenario) -> 
         now=MONDAY_NOON_UTC, previous_pending_until=MONDAY_NOON_UTC,
     )
     assert decision.action == "exit"
+
+
+# Dynamic lists and lifecycle goals
+
+HOT = """
+name: hot
+sender: default
+entry:
+  list: hot
+exit_when: "stage >= SQL"
+steps:
+  - id: one
+    subject: "One"
+    template: one.html
+  - id: two
+    wait: 1d
+    subject: "Two"
+    template: two.html
+"""
+
+
+@pytest.fixture
+def hot(tmp_path: Path) -> Scenario:
+    path = tmp_path / "hot.yaml"
+    path.write_text(HOT, encoding="utf-8")
+    return load_scenario(path, segments={"hot": parse_condition("score >= 50 and grade >= B", file="lists.yaml", field="w")})
+
+
+def test_a_lead_that_left_the_dynamic_list_exits_before_the_next_step(hot: Scenario) -> None:
+    """The dynamic list's rule is checked again before every step: a lead whose score fell exits with the list's name."""
+    assert decide(hot, 1, who=lead(score=70, grade="A")).action == "send"
+    assert decide(hot, 1, who=lead(score=40, grade="A")) == Decision("exit", 1, None, "no longer in list hot")
+    assert decide(hot, 0, who=lead(score=70, grade="C")) == Decision("exit", 0, None, "no longer in list hot")
+
+
+def test_the_goal_wins_over_leaving_the_list(hot: Scenario) -> None:
+    """A lead that became SQL exits for the goal, even if it also left the list."""
+    assert decide(hot, 1, who=lead(score=0, stage="SQL")) == Decision("exit", 1, None, "goal reached")
+    assert decide(hot, 1, who=lead(score=90, grade="A", stage="customer")).reason == "goal reached"
+
+
+def test_a_finished_enrollment_completes_even_out_of_the_list(hot: Scenario) -> None:
+    """Past the last step there is nothing left to hold back: the lead completes, not exits."""
+    assert decide(hot, 2, who=lead(score=0)) == Decision("complete", 2, None)
+
+
+def test_a_static_list_is_never_rechecked(nurture: Scenario) -> None:
+    """A static list's members stay in the scenario whatever their score."""
+    assert decide(nurture, 0, who=lead(timezone="Europe/Berlin", score=-100)).action == "send"

@@ -17,8 +17,11 @@ from hypothesis import strategies as st
 from mailer.conditions import AllOf, AnyOf, AttributeTest, EngagementTest, Not
 from mailer.durations import HINT as DURATION_HINT
 from mailer.errors import ScenarioError
-from mailer.scenario import Entry, Reentry, Scenario, Step, load_scenario, load_scenarios
+from mailer.scenario import Entry, EntryTrigger, Reentry, Scenario, Step, load_scenario, load_scenarios
+from mailer.scoremodel import StageChange
 from mailer.sendwindow import SendWindow
+from mailer.stages import parse_stage_rules
+from mailer.yamlfile import parse_yaml
 
 DOCS = Path(__file__).parent.parent / "docs" / "scenarios.md"
 
@@ -158,7 +161,8 @@ CASES = [
     (MINIMAL.replace("    template: welcome.html", "    template: welcome.html\n    condition: {clicked: later}") + "  - id: later\n    subject: x\n    template: a.html\n",
      9, "steps[0].condition", "refers to step 'later', which comes after this step", "a step's condition may only depend on earlier steps"),
     (MINIMAL + "exit_when:\n  clicked: demo\n", 10, "exit_when", "refers to step 'demo', which does not exist", None),
-    (MINIMAL + "exit_when: stage is SQL\n", 9, "exit_when", "must be a condition, not text", None),
+    (MINIMAL + "exit_when: stage is SQL\n", 9, "exit_when", "'stage is SQL': expected an operator after 'stage', found 'is'", "operators: >= > <= < = == !="),
+    (MINIMAL + "exit_when: stage >= SQLL\n", 9, "exit_when", "'stage >= SQLL': >= on stage needs a stage, not 'SQLL'", "did you mean 'SQL'?"),
     (MINIMAL.replace("  list: trial", "  where: {not: {opened: any}}"), 4, "entry.where", "an entry rule cannot test what a lead opened, clicked or was sent", None),
     (MINIMAL.replace("  list: trial", "  where: {attribute: n, equal: 1}"), 4, "entry.where.equal", "unknown operator 'equal'", "did you mean 'equals'?"),
     (MINIMAL.replace("subject: Hello", "subject: 'Hi {{ lead.first_name'"), 7, "steps[0].subject", "invalid template syntax: unexpected end of template, expected 'end of print statement'.", "check the {{ }} and {% %} pairs"),
@@ -270,10 +274,11 @@ def test_the_documented_example_loads(tmp_path: Path) -> None:
 
 KEYS = ["name", "sender", "entry", "list", "where", "timezone", "send_window", "days", "hours", "exit_when",
         "reentry", "after", "steps", "id", "wait", "subject", "template", "text_template", "condition",
-        "attribute", "equals", "in", "opened", "not", "all", "bogus"]
+        "attribute", "equals", "in", "opened", "not", "all", "trigger", "form", "bogus"]
 yaml_values = st.recursive(
     st.none() | st.booleans() | st.integers(-3, 100)
-    | st.sampled_from(["welcome", "2d", "09:00-18:00", "weekdays", "Asia/Tokyo", "a.html", "{{ x", "any", ""]),
+    | st.sampled_from(["welcome", "2d", "09:00-18:00", "weekdays", "Asia/Tokyo", "a.html", "{{ x", "any", "",
+                       "became_MQL", "form_submitted", "score >= 5 and grade >= B", "stage >"]),
     lambda children: st.lists(children, max_size=3) | st.dictionaries(st.sampled_from(KEYS), children, max_size=4),
     max_leaves=15,
 )
@@ -341,3 +346,113 @@ def test_a_scenario_name_starting_with_at_is_refused(tmp_path: Path) -> None:
     scenarios, errors = load_scenarios(tmp_path, identities=None, templates_dir=None)
     assert not scenarios and len(errors) == 1
     assert errors[0].field == "name" and "@" in errors[0].problem
+
+
+# Entry triggers and dynamic lists
+
+
+def entry_of(tmp_path: Path, entry: str, **options: Any) -> Entry:
+    return load_scenario(write(tmp_path, MINIMAL.replace("entry:\n  list: trial\n", f"entry: {entry}\n")), **options).entry
+
+
+@pytest.mark.parametrize(
+    ("entry", "trigger"),
+    [
+        ("{trigger: became_MQL}", EntryTrigger("stage_changed", stage="MQL")),
+        ("{trigger: became_sql}", EntryTrigger("stage_changed", stage="SQL")),
+        ("{trigger: BECAME_customer}", EntryTrigger("stage_changed", stage="customer")),
+        ("{trigger: recycled}", EntryTrigger("stage_changed", stage="recycled")),
+        ("{trigger: became_recycled}", EntryTrigger("stage_changed", stage="recycled")),
+        ("{trigger: form_submitted}", EntryTrigger("form_submitted")),
+        ("{trigger: form_submitted, form: demo-request}", EntryTrigger("form_submitted", form="demo-request")),
+    ],
+)
+def test_entry_triggers(tmp_path: Path, entry: str, trigger: EntryTrigger) -> None:
+    """Each trigger spelling compiles to its EntryTrigger, without a list of its own."""
+    assert entry_of(tmp_path, entry) == Entry(list_name=None, where=None, trigger=trigger)
+
+
+def test_a_trigger_may_have_a_where_filter(tmp_path: Path) -> None:
+    """`where:` beside a trigger is kept as an extra filter, in either condition form."""
+    entry = entry_of(tmp_path, "{trigger: became_MQL, where: 'country = JP'}")
+    assert entry.where == AttributeTest("country", "equals", "JP") and entry.trigger is not None
+
+
+def test_a_trigger_fires_on_its_change_only() -> None:
+    """became_MQL fires on a move into MQL; a form trigger on a matching form name (globs, any case)."""
+    became = EntryTrigger("stage_changed", stage="MQL")
+    assert became.fires(stage_change=StageChange("lead", "MQL", "score 50 ≥ 50"))
+    assert not became.fires(stage_change=StageChange("lead", "PQL", "x"))
+    assert not became.fires(stage_change=StageChange("MQL", "MQL", "x"))
+    assert not became.fires(form="demo")
+    demo = EntryTrigger("form_submitted", form="demo-*")
+    assert demo.fires(form="Demo-Request") and not demo.fires(form="newsletter") and not demo.fires()
+    assert EntryTrigger("form_submitted").fires(form="") and str(demo) == "form_submitted (demo-*)"
+
+
+def test_an_entry_list_named_in_segments_is_dynamic(tmp_path: Path) -> None:
+    """load_scenario(segments=...) gives an entry list that names a dynamic list its rule."""
+    rule = AttributeTest("score", "gte", 50)
+    assert entry_of(tmp_path, "{list: hot}", segments={"hot": rule}) == Entry(list_name="hot", where=None, segment=rule)
+    assert entry_of(tmp_path, "{list: trial}", segments={"hot": rule}).segment is None
+
+
+@pytest.mark.parametrize(
+    ("entry", "line", "field", "problem", "hint"),
+    [
+        ("{trigger: became_MQ}", 3, "entry.trigger", "unknown trigger 'became_MQ'", "did you mean 'became_MQL'?"),
+        ("{trigger: became_lead}", 3, "entry.trigger", "unknown trigger 'became_lead'", None),
+        ("{trigger: MQL}", 3, "entry.trigger", "unknown trigger 'MQL'", None),
+        ("{trigger: [became_MQL]}", 3, "entry.trigger", "must be text, not a list", "e.g. trigger: became_MQL"),
+        ("{trigger: }", 3, "entry.trigger", "has no value", "e.g. trigger: became_MQL"),
+        ("{trigger: became_MQL, list: trial}", 3, "entry.list", "a trigger scenario takes no list", None),
+        ("{trigger: became_MQL, form: demo}", 3, "entry.form", "form goes with trigger: form_submitted", None),
+        ("{list: trial, form: demo}", 3, "entry.form", "form goes with trigger: form_submitted", None),
+        ("{trigger: form_submitted, form: ''}", 3, "entry.form", "is empty", None),
+        ("{trigger: became_MQL, where: {opened: any}}", 3, "entry.where", "an entry rule cannot test what a lead opened, clicked or was sent", None),
+        ("{trigger: became_MQL, wehre: 'x = 1'}", 3, "entry.wehre", "unknown key 'wehre'", "did you mean 'where'?"),
+    ],
+)
+def test_entry_trigger_mistakes(tmp_path: Path, entry: str, line: int, field: str, problem: str, hint: str | None) -> None:
+    """A misspelt or misplaced trigger is refused at its line with a hint."""
+    error = refused(write(tmp_path, MINIMAL.replace("entry:\n  list: trial\n", f"entry: {entry}\n")))
+    assert (error.line, error.field, error.problem) == (line, field, problem)
+    assert error.hint
+    if hint is not None:
+        assert error.hint == hint
+
+
+def test_short_form_goal(tmp_path: Path) -> None:
+    """`exit_when: "stage >= SQL"` is a goal reached by SQL and customer."""
+    scenario = load_scenario(write(tmp_path, MINIMAL + 'exit_when: "stage >= SQL"\n'))
+    assert scenario.exit_when == AttributeTest("stage", "gte", "SQL")
+
+
+def documented(heading: str) -> list[str]:
+    section = DOCS.read_text().split(f"## {heading}\n", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```yaml\n(.*?)```", section, re.DOTALL)
+
+
+def test_the_documented_trigger_scenario_loads(tmp_path: Path) -> None:
+    """The entry-trigger example in docs/scenarios.md loads and triggers on MQL."""
+    (example,) = [block for block in documented("Entry triggers") if block.startswith("name:")]
+    scenario = load_scenario(write(tmp_path, example, "mql.yaml"), identities={"sales"})
+    assert scenario.entry.trigger == EntryTrigger("stage_changed", stage="MQL")
+    assert scenario.exit_when == AttributeTest("stage", "gte", "SAL")
+
+
+def test_the_documented_lists_file_and_scenario_load(tmp_path: Path) -> None:
+    """The dynamic-list examples in docs/scenarios.md load together: the scenario's list is dynamic."""
+    lists, example = documented("Dynamic lists")
+    write(tmp_path, lists, "lists.yaml")
+    write(tmp_path, example, "hot.yaml")
+    scenarios, errors = load_scenarios(tmp_path, identities={"marketing"})
+    assert errors == [] and scenarios[0].entry.segment is not None
+
+
+def test_the_documented_stages_mapping_reads(tmp_path: Path) -> None:
+    """The stages: example in docs/scenarios.md reads into the rules it describes."""
+    (block,) = documented("Lifecycle stages")
+    read = parse_stage_rules(parse_yaml(block, file="scoring.yaml")["stages"], file="scoring.yaml")
+    assert (read.sql_at_least, read.recycle_after, read.mqa_score) == (2, timedelta(days=90), 150)
+    assert read.pql is not None and read.mql is not None
