@@ -31,10 +31,12 @@ from datetime import datetime, timedelta
 
 BASE_COOLDOWN = timedelta(minutes=1)
 MAX_COOLDOWN = timedelta(minutes=30)
-# How long a first attempt may be silent before the others stop waiting for it and are held.
-PATIENCE_SECONDS = 0.25
+# How long a first attempt may go unanswered before the others stop waiting for it and are
+# held (a healthy receiver answers a first transaction well within it on a LAN or loopback;
+# over the internet the held ones come back after BEHIND_PROBE).
+PATIENCE_SECONDS = 0.1
 # How long a message held behind a probe that looks stuck waits before it asks again.
-BEHIND_PROBE = timedelta(seconds=30)
+BEHIND_PROBE = timedelta(seconds=5)
 
 
 @dataclass

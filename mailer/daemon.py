@@ -60,13 +60,14 @@ from mailer.transport import Envelope, Transport
 from mailer.consent import OPTIN_SCENARIO
 from mailer.domaincheck import make_resolver
 from mailer.breaker import BEHIND_PROBE
-from mailer.outbound import Hold, Outbound
+from mailer.outbound import Hold, Outbound, detach_signal
 from mailer.sendingdomains import SendingDomains, domain_of_address
 from mailer.warmup import WarmupPlan, prioritize
 from mailer.warmupshell import load_budget, save_budget
 from mailer.api import ApiServer
 from mailer.scoringengine import ScoringEngine, scoring_file
 from mailer.webhooks import WebhookSender
+from mailer.daemons import Presence
 
 log = logging.getLogger("mailer.daemon")
 
@@ -80,7 +81,7 @@ ENGAGEMENT_WINDOW = timedelta(days=90)
 FLUSH_SECONDS = 0.05  # real time outcomes may wait to be written with others
 ROUND_BACKOFF_SECONDS = 1.0  # real time to wait after a failed round before the next
 # An attempt still waiting for its receiver after this long no longer holds its worker.
-SLOW_ATTEMPT_SECONDS = 0.5
+SLOW_ATTEMPT_SECONDS = 0.2
 FINAL_FLUSH_ATTEMPTS = 10
 SIDE_RETRY_SECONDS = 5.0  # real time before starting the API or webhook sender again, doubling …
 SIDE_RETRY_MAX_SECONDS = 300.0  # … up to this (a port another process holds may come free)
@@ -162,6 +163,8 @@ class Daemon:
         self.api: ApiServer | None = None
         self._side_stop = asyncio.Event()
         self._side_tasks: list[asyncio.Task[None]] = []
+        # this daemon's owner id on its leases, and its heartbeat (mailer.daemons)
+        self.presence = Presence(store, clock=clock)
 
     # -- scenarios -----------------------------------------------------------------------
 
@@ -181,7 +184,8 @@ class Daemon:
 
     async def serve(self, stop: asyncio.Event) -> Report:
         """Run until `stop` is set, then drain and return what was done."""
-        recovered = await self.store.recover_in_flight(now=self.clock.now())
+        # only the leases of daemons that are gone: one running beside this one keeps its own
+        recovered = await self.presence.start(on_recovered=self._wake.set)
         if recovered:
             log.warning("%d messages were in flight at the last stop; they are queued again", recovered)
         # today's warm-up use and the throttles: a restart does not reset a day's budget
@@ -220,11 +224,13 @@ class Daemon:
                     await asyncio.sleep(ROUND_BACKOFF_SECONDS)
         finally:
             self._stopping = True
+            self.outbound.stop_waiting()
             await self._drain(workers)
             await self.outbound.close()  # QUIT the pooled sessions
             self._flush_stop.set()
             await flusher  # lets a flush under way finish: cancelling it could lose outcomes
             await self._final_flush()
+            await self.presence.stop()  # after the last outcomes: what is left may be taken at once
             if listener is not None:
                 await listener.stop()
             if self.tracker is not None:
@@ -479,7 +485,7 @@ class Daemon:
         room = self.config.delivery.batch_size - self._in_flight
         if room < max(1, self.config.delivery.batch_size // 2) or self._stopping:
             return False
-        claimed = await self.store.claim_messages(now=now, limit=room, lease=LEASE)
+        claimed = await self.store.claim_messages(now=now, limit=room, lease=LEASE, owner=self.presence.owner)
         if claimed and self.outbound.warming(now):
             claimed = await self._engaged_first(claimed, now)
         for message in claimed:
@@ -510,20 +516,23 @@ class Daemon:
             message = await self._queue.get()
             if message is None:  # the drain's signal: nothing more will come
                 break
-            attempt = asyncio.ensure_future(self._deliver_one(message))
-            done, _ = await asyncio.wait((attempt,), timeout=SLOW_ATTEMPT_SECONDS)
-            if done:
+            detach: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+            attempt = asyncio.ensure_future(self._deliver_one(message, detach))
+            await asyncio.wait((attempt, detach), timeout=SLOW_ATTEMPT_SECONDS, return_when=asyncio.FIRST_COMPLETED)
+            if attempt.done():
                 continue
             if len(self._slow) < self.config.delivery.concurrency:
-                # A receiver that is slow to answer (a timeout on its way, a tarpit) keeps its
-                # connection, not this worker: the attempt finishes on its own while the worker
-                # serves the other destinations. At most `concurrency` such attempts at once.
+                # A receiver that is slow to answer (a timeout on its way, a tarpit) or not heard
+                # from yet (the breaker's probe, mailer.breaker) keeps its connection, not this
+                # worker: the attempt finishes on its own while the worker serves the other
+                # destinations. At most `concurrency` such attempts at once.
                 self._slow.add(attempt)
                 attempt.add_done_callback(self._slow.discard)
             else:
                 await attempt
 
-    async def _deliver_one(self, message: ClaimedMessage) -> None:
+    async def _deliver_one(self, message: ClaimedMessage, detach: asyncio.Future[str]) -> None:
+        detach_signal.set(detach)  # this task's own context: Outbound.admit resolves it
         try:
             await self.deliver(message)
         finally:
@@ -544,7 +553,7 @@ class Daemon:
         if outcome.state is not MessageState.SENT:
             retry = f"; next try {outcome.next_attempt_at:%Y-%m-%d %H:%M} UTC" if outcome.next_attempt_at else ""
             # a held message (no budget, a held domain) is routine: their reasons are logged once, where decided
-            held = outcome.state is MessageState.DEFERRED and not outcome.attempted
+            held = outcome.state in (MessageState.DEFERRED, MessageState.QUEUED) and not outcome.attempted
             log.log(
                 logging.DEBUG if held else logging.WARNING,
                 "%s %s → %s (%s/%s): %s%s", outcome.state.value, message.message_id, message.lead.email,
@@ -579,6 +588,9 @@ class Daemon:
             return self._held(message, now, held), ""
         provider = await self.outbound.receiver(lead.email)
         admission = await self.outbound.admit(provider, now)  # the receiver's circuit breaker
+        if not admission.go and self.outbound.stopping:
+            # unstarted at shutdown, like the claims still in the queue (mailer.lifecycle: sending → queued)
+            return self._outcome(message, MessageState.QUEUED, now, next_attempt_at=now, detail=admission.reason, attempted=False), ""
         if not admission.go:
             until = admission.until or now + BEHIND_PROBE
             return self._held(message, now, Hold(until, admission.reason or f"{provider}: waiting for its first reply")), ""
@@ -686,7 +698,7 @@ class Daemon:
         pending, self._pending = self._pending, []
         if pending:
             try:
-                await self.store.record_outcomes(pending)
+                await self.store.record_outcomes(pending, owner=self.presence.owner)
             except BaseException:
                 self._pending[:0] = pending
                 raise
@@ -721,7 +733,7 @@ class Daemon:
             if message is not None:
                 unstarted.append(message)
         self._in_flight -= len(unstarted)
-        await self.store.release([m.id for m in unstarted], now=self.clock.now())
+        await self.store.release([m.id for m in unstarted], now=self.clock.now(), owner=self.presence.owner)
         for _ in workers:
             self._queue.put_nowait(None)
         await asyncio.gather(*workers, return_exceptions=True)

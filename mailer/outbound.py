@@ -20,6 +20,7 @@ import dataclasses
 import logging
 import random
 import time
+from contextvars import ContextVar
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -43,6 +44,10 @@ CAP_JITTER = timedelta(minutes=30)  # an hourly or daily cap: opens at the top o
 PAUSE_JITTER = timedelta(minutes=5)  # a paused provider: the throttle lets few through at first
 SendFunction = Callable[[Envelope, bytes], Awaitable[SMTPReply]]
 log = logging.getLogger(__name__)
+# The daemon's worker sets this for each attempt: resolved when the attempt starts waiting on a
+# receiver not heard from yet (a probe, or a wait for one), so the worker need not wait with it.
+# Its result says why: "probe" (holds a connection) or "wait" (holds nothing but a place in memory).
+detach_signal: ContextVar[asyncio.Future[str] | None] = ContextVar("detach_signal", default=None)
 
 
 @dataclass(frozen=True)
@@ -51,6 +56,12 @@ class Hold:
 
     until: datetime
     reason: str
+
+
+def _detach(why: str) -> None:
+    signal = detach_signal.get()
+    if signal is not None and not signal.done():
+        signal.set_result(why)
 
 
 @lru_cache(maxsize=4096)
@@ -84,6 +95,7 @@ class Outbound:
         self._busy: Counter[tuple[str, str]] = Counter()
         self._freed = asyncio.Condition()
         self.breakers = DestinationBreakers()
+        self.stopping = False  # set by the daemon's drain: attempts waiting on a probe give up
         self._probes: dict[str, tuple[float, asyncio.Event]] = {}  # provider → (started, ended)
 
     # -- before an attempt ----------------------------------------------------------------
@@ -112,11 +124,15 @@ class Outbound:
         given a probe must end it with `record` or `abandon`.
         """
         while True:
+            if self.stopping:  # shutting down: what has not started goes back to the queue
+                return Admission(go=False, reason="released at shutdown")
             probe = self._probes.get(provider)
             overdue = probe is not None and time.monotonic() - probe[0] > PATIENCE_SECONDS
             admission = self.breakers.admit(provider, now, probe_overdue=overdue)
             if admission.probe:
                 self._probes[provider] = (time.monotonic(), asyncio.Event())
+            if admission.probe or admission.wait:
+                _detach("probe" if admission.probe else "wait")  # it may take a whole timeout: the worker moves on
             if not admission.wait or probe is None:
                 return admission
             started, ended = probe
@@ -125,6 +141,12 @@ class Outbound:
                     await ended.wait()
             except TimeoutError:
                 pass
+
+    def stop_waiting(self) -> None:
+        """At shutdown: every attempt waiting on a probe stops waiting (and is released)."""
+        self.stopping = True
+        for _, ended in self._probes.values():
+            ended.set()
 
     def abandon(self, provider: str, admission: Admission) -> None:
         """A probe that ended without an SMTP reply (held, or not buildable): the next may try."""

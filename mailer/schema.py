@@ -261,4 +261,23 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX webhook_attempts_delivery ON webhook_attempts (delivery_id);
     """,
+    # 6: leases that name their owner (mailer.daemons). Every running daemon has a row in
+    # `daemons` and heartbeats there (real time); a claim writes its owner on the message, and
+    # recovery requeues only the messages of owners that are gone. Messages a daemon from
+    # before this version left in `sending` get an owner that never registers, so the next
+    # start recovers them at once, as it did before. The partial index holds only the leased
+    # rows, so recovery never reads the whole queue.
+    """
+    ALTER TABLE messages ADD COLUMN lease_owner TEXT;
+    UPDATE messages SET lease_owner = 'before schema 6' WHERE state = 'sending';
+    CREATE INDEX messages_leased ON messages (lease_owner) WHERE state = 'sending';
+    CREATE TABLE daemons (
+        owner TEXT PRIMARY KEY,
+        pid INTEGER NOT NULL,
+        host TEXT NOT NULL,
+        pid_scope TEXT NOT NULL DEFAULT '',
+        started_at INTEGER NOT NULL,
+        heartbeat_at INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    """,
 )

@@ -25,13 +25,14 @@ import aiosqlite
 from mailer.conditions import Engagement
 from mailer.errors import MailerError
 from mailer.leads import Lead
-from mailer.lifecycle import CLAIMABLE, MessageState, check_transition
+from mailer.lifecycle import MessageState, check_transition
 from mailer.schema import MIGRATIONS
 from mailer.sqlitebounces import BounceTables
 from mailer.sqliteconsent import SUPPRESSIONS_OF_LEAD, ConsentTables, suppressions_column
 from mailer.sqlitereport import ReportQueries
 from mailer.sqlitereputation import ReputationQueries
 from mailer.sqliteapi import ApiTables
+from mailer.sqliteleases import LeaseTables, held_by
 from mailer.sqlitescoring import LEAD_COLUMNS as _LEAD_COLUMNS
 from mailer.sqlitescoring import ScoringTables
 from mailer.sqlitescoring import lead_from_row as _lead
@@ -39,7 +40,6 @@ from mailer.sqlitetracking import TrackingTables
 from mailer.sqlitewarmup import WarmupTables
 from mailer.timestamps import from_ms, ms
 from mailer.store import (
-    ClaimedMessage,
     DueEnrollment,
     EnrollmentUpdate,
     EventRecord,
@@ -56,7 +56,7 @@ class StoreError(MailerError):
 
 class SQLiteStore(
     BounceTables, TrackingTables, ConsentTables, ReportQueries, WarmupTables, ReputationQueries, ScoringTables,
-    ApiTables,
+    ApiTables, LeaseTables,
 ):
     """`Store` on one SQLite file."""
 
@@ -138,8 +138,11 @@ class SQLiteStore(
                 raise
 
     async def _fetchall(self, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:
-        async with self.db.execute(sql, tuple(params)) as cursor:
-            return list(await cursor.fetchall())
+        # One call on the connection's thread, not execute then fetch: between those two, a
+        # task sharing the connection could run BEGIN IMMEDIATE while this SELECT holds a read
+        # snapshot open, and once another process (a second daemon) has written, SQLite
+        # answers SQLITE_BUSY at once, without waiting out the busy timeout.
+        return list(await self.db.execute_fetchall(sql, tuple(params)))
 
     # -- leads and lists ---------------------------------------------------------------
 
@@ -420,57 +423,15 @@ class SQLiteStore(
 
     # -- messages ----------------------------------------------------------------------
 
-    async def claim_messages(
-        self, *, now: datetime, limit: int, lease: timedelta
-    ) -> list[ClaimedMessage]:
-        """Lease due messages for one attempt each: queued or deferred → sending."""
-        stamp = ms(now)
-        # Written exactly as the partial index's WHERE, so SQLite can prove it applies.
-        claimable = "'queued', 'deferred'"
-        assert {MessageState(x.strip(" '")) for x in claimable.split(",")} == CLAIMABLE
-        async with self.transaction():
-            rows = await self._fetchall(
-                f"""
-                UPDATE messages SET state = 'sending', lease_until = ?, updated_at = ?
-                WHERE id IN (
-                    SELECT id FROM messages
-                    WHERE state IN ({claimable}) AND next_attempt_at <= ?
-                    ORDER BY next_attempt_at LIMIT ?)
-                RETURNING id
-                """,
-                (ms(now + lease), stamp, stamp, limit),
-            )
-            ids = [row[0] for row in rows]
-            if not ids:
-                return []
-            marks = ",".join("?" * len(ids))
-            rows = await self._fetchall(
-                f"""
-                SELECT m.id, m.message_id, m.scenario, m.step_id, m.attempts, m.created_at,
-                       {SUPPRESSIONS_OF_LEAD}, {_LEAD_COLUMNS}
-                FROM messages m JOIN leads l ON l.id = m.lead_id
-                WHERE m.id IN ({marks}) ORDER BY m.next_attempt_at, m.id
-                """,
-                ids,
-            )
-        return [
-            ClaimedMessage(
-                id=r[0],
-                message_id=r[1],
-                scenario=r[2],
-                step_id=r[3],
-                attempts=r[4],
-                created_at=from_ms(r[5]),
-                suppressions=suppressions_column(r[6]),
-                lead=_lead(r, 7),
-            )
-            for r in rows
-        ]
+    async def record_outcomes(self, outcomes: Sequence[Outcome], *, owner: str | None = None) -> None:
+        """Write attempt outcomes and their events in one transaction (sending → outcome).
 
-    async def record_outcomes(self, outcomes: Sequence[Outcome]) -> None:
-        """Write attempt outcomes and their events in one transaction (sending → outcome)."""
+        With `owner`, only for messages it still holds: a lease recovered meanwhile (this daemon
+        was taken for dead) belongs to whoever claimed it next, and its outcome is theirs to write.
+        """
         if not outcomes:
             return
+        held, holder = held_by(owner)
         for outcome in outcomes:
             check_transition(MessageState.SENDING, outcome.state)
         attempted = (MessageState.SENT, MessageState.DEFERRED, MessageState.FAILED, MessageState.EXPIRED)
@@ -481,19 +442,19 @@ class SQLiteStore(
                 if outcome.bounce is not None:
                     await self._insert_bounce(outcome.bounce)
             await self.db.executemany(
-                """
+                f"""
                 INSERT INTO events (at, type, lead_id, message_id, scenario, step_id, data)
-                SELECT ?, ?, ?, id, scenario, step_id, ? FROM messages WHERE id = ? AND state = 'sending'
+                SELECT ?, ?, ?, id, scenario, step_id, ? FROM messages WHERE id = ? AND state = 'sending' {held}
                 """,
-                [(ms(o.at), o.state.value, o.lead_id, _outcome_data(o), o.message) for o in outcomes],
+                [(ms(o.at), o.state.value, o.lead_id, _outcome_data(o), o.message, *holder) for o in outcomes],
             )
             await self.db.executemany(
-                """
+                f"""
                 UPDATE messages SET state = ?, attempts = attempts + ?, next_attempt_at = ?,
-                    lease_until = NULL, last_code = coalesce(?, last_code),
+                    lease_owner = NULL, lease_until = NULL, last_code = coalesce(?, last_code),
                     last_enhanced = coalesce(?, last_enhanced), last_text = coalesce(?, last_text),
                     updated_at = ?
-                WHERE id = ? AND state = 'sending'
+                WHERE id = ? AND state = 'sending' {held}
                 """,
                 [
                     (
@@ -505,35 +466,11 @@ class SQLiteStore(
                         o.reply.text if o.reply else None,
                         ms(o.at),
                         o.message,
+                        *holder,
                     )
                     for o in outcomes
                 ],
             )
-
-    async def release(self, message_ids: Sequence[int], *, now: datetime) -> None:
-        """Hand leased messages back unsent (shutdown): sending → queued."""
-        if not message_ids:
-            return
-        async with self.transaction():
-            await self.db.executemany(
-                "UPDATE messages SET state = 'queued', lease_until = NULL, updated_at = ? "
-                "WHERE id = ? AND state = 'sending'",
-                [(ms(now), message_id) for message_id in message_ids],
-            )
-
-    async def recover_in_flight(self, *, now: datetime) -> int:
-        """After a crash, messages left in `sending` go back to the queue: they may repeat."""
-        async with self.transaction():
-            rows = await self._fetchall(
-                "UPDATE messages SET state = 'queued', lease_until = NULL, updated_at = ? "
-                "WHERE state = 'sending' RETURNING id, lead_id",
-                (ms(now),),
-            )
-            await self.db.executemany(
-                "INSERT INTO events (at, type, lead_id, message_id, data) VALUES (?, 'recovered', ?, ?, '{}')",
-                [(ms(now), row[1], row[0]) for row in rows],
-            )
-        return len(rows)
 
     async def next_wakeup(self, *, scenarios: Sequence[str]) -> datetime | None:
         """The earliest instant at which a loaded scenario's enrollment or a message is due."""

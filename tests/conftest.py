@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, settings
 
 from mailer.config import Config, parse_config
 from mailer.leads import Lead
+from mailer.sqlitestore import SQLiteStore
 from mailer.testing import CaptureServer
 
 # Machines here are shared and noisy: property tests judge correctness, not speed.
@@ -139,3 +142,16 @@ def make_leads(count: int) -> list[Lead]:
 async def smtp_server(tmp_path: Path) -> AsyncIterator[CaptureServer]:
     async with CaptureServer(save_to=tmp_path / "inbox") as server:
         yield server
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[SQLiteStore]:
+    """A real SQLite store in a file of the test's own."""
+    async with SQLiteStore(tmp_path / "mailer.db") as opened:
+        yield opened
+
+
+def rows(store: SQLiteStore, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """Read (or write) committed data through a second, independent connection to the same file."""
+    with sqlite3.connect(store.path) as db:
+        return list(db.execute(sql, params))

@@ -70,8 +70,7 @@ def test_inline_once_equals_per_message_inlining_for_every_shipped_template(temp
     compiled = renderer.step(subject="s", template=template, text_template=None)
     assert compiled.inline_each is None, "shipped templates take the fast path"
     scenarios, _ = load_scenarios(examples().scenarios, templates_dir=examples().templates)
-    scenario = scenarios[0]
-    step = next(s for s in scenario.steps if s.template == template)
+    scenario, step = next((sc, st) for sc in scenarios for st in sc.steps if st.template == template)
     for row, lead in enumerate(sample_leads()):
         def links() -> MessageLinks | None:
             return MessageLinks(LINKS, message=row, sent_at=SENT, list_name="trial-signups") if tracked else None

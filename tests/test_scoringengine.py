@@ -18,6 +18,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+
 from aiohttp import web
 
 from mailer.apikeys import new_api_key
@@ -87,11 +88,6 @@ steps:
 
 CRM = WebhookConfig(url="http://127.0.0.1:9/hook", secret="s" * 32, events=("stage_changed", "account_stage_changed", "score_changed"))
 
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SQLiteStore]:
-    async with SQLiteStore(tmp_path / "mailer.db") as opened:
-        yield opened
 
 
 def rules_file(tmp_path: Path, text: str = RULES) -> Path:

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import AsyncIterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import rows
 
 from mailer.leads import Lead
 from mailer.lifecycle import MessageState
@@ -23,16 +23,6 @@ T0 = datetime(2026, 1, 5, 9, 0, tzinfo=timezone.utc)
 LEASE = timedelta(minutes=10)
 
 
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SQLiteStore]:
-    async with SQLiteStore(tmp_path / "mailer.db") as opened:
-        yield opened
-
-
-def rows(store: SQLiteStore, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    """Read committed data through a second, independent connection to the same file."""
-    with sqlite3.connect(store.path) as db:
-        return list(db.execute(sql, params))
 
 
 async def subscribe(store: SQLiteStore, email: str, list_name: str = "news", *, double: bool = True, n: int = 1) -> Any:

@@ -2,22 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
-from pathlib import Path
 
-import pytest
+
 
 from mailer.lifecycle import MessageState
 from mailer.sqlitestore import SQLiteStore
 from mailer.store import BounceRecord, Outcome, TrackingEvent
 from test_sqlitestore import LEASE, T0, lead_id, queued
 
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SQLiteStore]:
-    async with SQLiteStore(tmp_path / "mailer.db") as opened:
-        yield opened
 
 
 async def sent(store: SQLiteStore, *emails: str, at: datetime = T0) -> list[int]:

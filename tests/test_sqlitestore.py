@@ -4,34 +4,25 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import AsyncIterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import rows
 
 from mailer.errors import StateError
 from mailer.leads import Lead
 from mailer.lifecycle import MessageState
 from mailer.reply import SMTPReply
 from mailer.sqlitestore import MIGRATIONS, SQLiteStore, StoreError, ms
+from mailer.daemons import DaemonRecord
 from mailer.store import EnrollmentUpdate, NewMessage, Outcome, Suppression
 
 T0 = datetime(2026, 1, 5, 9, 0, tzinfo=timezone.utc)
 LEASE = timedelta(minutes=10)
 
 
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SQLiteStore]:
-    async with SQLiteStore(tmp_path / "mailer.db") as opened:
-        yield opened
-
-
-def rows(store: SQLiteStore, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    """Read committed data through a second, independent connection to the same file."""
-    with sqlite3.connect(store.path) as db:
-        return list(db.execute(sql, params))
 
 
 def leads(*emails: str, **fields: Any) -> list[Lead]:
@@ -504,17 +495,123 @@ async def test_release_leaves_recorded_messages_alone(store: SQLiteStore) -> Non
     assert state_of(store, message) == "sent"
 
 
-async def test_recover_in_flight_requeues_sending_messages(tmp_path: Path) -> None:
-    """After a crash, a reopened store puts messages left in `sending` back in the queue and logs it."""
+def daemon(owner: str, *, pid: int = 1, heartbeat: datetime = T0) -> DaemonRecord:
+    return DaemonRecord(owner=owner, pid=pid, host="mx1", pid_scope="boot/1", started_at=T0, heartbeat_at=heartbeat)
+
+
+async def test_recover_in_flight_requeues_the_leases_of_a_dead_daemon_and_forgets_it(tmp_path: Path) -> None:
+    """After a crash, a reopened store requeues what the dead daemon held, logs it with the owner, and drops its registration."""
     path = tmp_path / "mailer.db"
     async with SQLiteStore(path) as before_crash:
         ids = await queued(before_crash, "a@example.com", "b@example.com")
-        await before_crash.claim_messages(now=T0, limit=1, lease=LEASE)
+        await before_crash.register_daemon(daemon("crashed"))
+        await before_crash.claim_messages(now=T0, limit=1, lease=LEASE, owner="crashed")
     async with SQLiteStore(path) as after_restart:
-        assert await after_restart.recover_in_flight(now=T0 + timedelta(minutes=1)) == 1
-        assert await after_restart.recover_in_flight(now=T0 + timedelta(minutes=1)) == 0
+        await after_restart.register_daemon(daemon("restarted"))
+        assert await after_restart.recover_in_flight(now=T0 + timedelta(minutes=1), owner="restarted", dead=["crashed"]) == 1
+        assert await after_restart.recover_in_flight(now=T0 + timedelta(minutes=1), owner="restarted") == 0
         assert await after_restart.message_counts() == {"queued": 2}
-        assert rows(after_restart, "SELECT message_id FROM events WHERE type = 'recovered'") == [(ids[0],)]
+        assert rows(after_restart, "SELECT lease_owner, lease_until FROM messages") == [(None, None), (None, None)]
+        [(message, data)] = rows(after_restart, "SELECT message_id, data FROM events WHERE type = 'recovered'")
+        assert message == ids[0] and json.loads(data) == {"owner": "crashed"}
+        assert [d.owner for d in await after_restart.daemons()] == ["restarted"]
+
+
+async def test_a_live_daemons_leases_are_never_recovered_even_past_lease_until(store: SQLiteStore) -> None:
+    """A registered daemon not judged dead keeps its leases, however old: its attempts may still be under way."""
+    await queued(store, "a@example.com")
+    await store.register_daemon(daemon("first"))
+    await store.register_daemon(daemon("second", pid=2))
+    await store.claim_messages(now=T0, limit=1, lease=LEASE, owner="first")
+    assert await store.recover_in_flight(now=T0 + timedelta(days=1), owner="second") == 0
+    assert rows(store, "SELECT state, lease_owner FROM messages") == [("sending", "first")]
+
+
+async def test_the_callers_own_leases_are_never_recovered(store: SQLiteStore) -> None:
+    """A daemon never requeues its own messages, even unregistered or named among the dead (taken for dead by another)."""
+    [message] = await queued(store, "a@example.com")
+    await store.claim_messages(now=T0, limit=1, lease=LEASE, owner="me")
+    assert await store.recover_in_flight(now=T0 + timedelta(days=1), owner="me", dead=["me"]) == 0
+    assert state_of(store, message) == "sending"
+
+
+async def test_leases_of_an_unregistered_owner_are_recovered(store: SQLiteStore) -> None:
+    """A lease whose owner has no registration (it stopped, or was forgotten as dead) is requeued at once."""
+    await queued(store, "a@example.com")
+    await store.claim_messages(now=T0, limit=1, lease=LEASE, owner="stopped")
+    assert await store.recover_in_flight(now=T0, owner="me") == 1
+    assert await store.message_counts() == {"queued": 1}
+
+
+async def test_an_ownerless_claim_is_recovered_only_once_its_lease_has_passed(store: SQLiteStore) -> None:
+    """A claim naming no owner (a tool) is judged by lease_until alone: kept before it, requeued at it."""
+    await queued(store, "a@example.com")
+    await store.claim_messages(now=T0, limit=1, lease=LEASE)
+    assert await store.recover_in_flight(now=T0 + LEASE - timedelta(seconds=1), owner="me") == 0
+    assert await store.recover_in_flight(now=T0 + LEASE, owner="me") == 1
+
+
+async def test_an_outcome_is_written_only_by_the_daemon_that_holds_the_lease(store: SQLiteStore) -> None:
+    """After a lease was recovered and claimed again, the old holder's outcome changes nothing and logs nothing; the new holder's is written."""
+    [message] = await queued(store, "a@example.com")
+    a = await lead_id(store, "a@example.com")
+    await store.claim_messages(now=T0, limit=1, lease=LEASE, owner="old")
+    await store.recover_in_flight(now=T0, owner="new", dead=["old"])
+    await store.claim_messages(now=T0, limit=1, lease=LEASE, owner="new")
+    await store.record_outcomes([Outcome(message, a, MessageState.FAILED, T0, SMTPReply.parse(550, "No"))], owner="old")
+    assert rows(store, "SELECT state, lease_owner FROM messages") == [("sending", "new")]
+    await store.record_outcomes([Outcome(message, a, MessageState.SENT, T0, SMTPReply.parse(250, "Ok"))], owner="new")
+    assert rows(store, "SELECT state, lease_owner, lease_until FROM messages") == [("sent", None, None)]
+    assert [e.type for e in await store.lead_events(a) if e.type in ("sent", "failed")] == ["sent"]
+
+
+async def test_release_with_an_owner_hands_back_only_its_own_leases(store: SQLiteStore) -> None:
+    """A draining daemon releases the messages it holds, never another daemon's under the same ids."""
+    ids = await queued(store, "a@example.com", "b@example.com")
+    await store.claim_messages(now=T0, limit=1, lease=LEASE, owner="first")
+    await store.claim_messages(now=T0, limit=1, lease=LEASE, owner="second")
+    await store.release(ids, now=T0, owner="first")
+    assert rows(store, "SELECT state, lease_owner FROM messages ORDER BY id") == [("queued", None), ("sending", "second")]
+
+
+async def test_heartbeat_refreshes_a_registration_and_reports_a_missing_one(store: SQLiteStore) -> None:
+    """A heartbeat moves heartbeat_at of a registered daemon and returns False once it was forgotten."""
+    await store.register_daemon(daemon("me"))
+    assert await store.heartbeat("me", at=T0 + timedelta(seconds=5))
+    [record] = await store.daemons()
+    assert record == daemon("me", heartbeat=T0 + timedelta(seconds=5))
+    await store.unregister_daemon("me")
+    assert await store.daemons() == []
+    assert not await store.heartbeat("me", at=T0 + timedelta(seconds=10))
+
+
+async def test_upgrade_to_schema_6_makes_messages_left_sending_recoverable_at_once(tmp_path: Path) -> None:
+    """A message a pre-leases daemon left in `sending` is owned by nobody alive after the upgrade, so the next start requeues it."""
+    path = tmp_path / "mailer.db"
+    with sqlite3.connect(path) as db:
+        for script in MIGRATIONS[:5]:
+            db.executescript(script)
+        db.execute("PRAGMA user_version = 5")
+        db.execute("INSERT INTO leads (email, created_at, updated_at) VALUES ('a@example.com', 0, 0)")
+        db.execute(
+            "INSERT INTO messages (message_id, lead_id, scenario, step_id, state, lease_until, created_at, updated_at) "
+            "VALUES ('<1@acme.example>', 1, 'nurture', 'welcome', 'sending', ?, 0, 0)",
+            (ms(T0 + LEASE),),
+        )
+    async with SQLiteStore(path) as upgraded:
+        assert await upgraded.recover_in_flight(now=T0, owner="me") == 1
+        assert await upgraded.message_counts() == {"queued": 1}
+
+
+async def test_claiming_and_recovering_use_their_indexes(store: SQLiteStore) -> None:
+    """The claim finds due messages through messages_due and recovery reads only leased rows through messages_leased."""
+    plan = " ".join(str(row[3]) for row in rows(store, "EXPLAIN QUERY PLAN SELECT id FROM messages "
+                                                 "WHERE state IN ('queued', 'deferred') AND next_attempt_at <= 0 "
+                                                 "ORDER BY next_attempt_at LIMIT 10"))
+    assert "messages_due" in plan
+    leased = " ".join(str(row[3]) for row in rows(store, "EXPLAIN QUERY PLAN SELECT id FROM messages "
+                                                   "WHERE state = 'sending' AND lease_owner IS NOT 'x'"))
+    assert "messages_leased" in leased
 
 
 # Wake-ups

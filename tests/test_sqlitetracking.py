@@ -4,22 +4,15 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import AsyncIterator
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
-import pytest
+
 
 from mailer.sqlitestore import SQLiteStore
 from mailer.store import Reclassification, TrackingEvent
 from test_tracking import NOW, make_messages
 
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SQLiteStore]:
-    async with SQLiteStore(tmp_path / "mailer.db") as opened:
-        yield opened
 
 
 def rows(store: SQLiteStore, sql: str) -> list[tuple[Any, ...]]:

@@ -1,13 +1,15 @@
 """Two daemons on one database never send the same message twice.
 
-Today one `mailer serve` holds a lock on its store (mailer.servelock) and a second one is
-refused; claims are single SQLite transactions, so even two claimers racing on one file get
-disjoint messages. What true multi-daemon leases still lack is shown by the xfail below.
+One `mailer serve` holds a lock on its store (mailer.servelock) and a second one is refused;
+claims are single SQLite transactions, so even two claimers racing on one file get disjoint
+messages. Below the lock, leases name their owner (mailer.daemons): a daemon started beside a
+running one leaves its messages alone, and when one dies the other takes over what it held.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import sys
 import time
@@ -15,20 +17,17 @@ from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 
-import pytest
-
 from conftest import make_config, make_leads, write_workspace
 from mailer.clock import FakeClock
 from mailer.daemon import LEASE, Daemon
+from mailer.daemons import HEARTBEAT
 from mailer.sqlitestore import SQLiteStore
 from mailer.testing import FaultServer, delay_reply
 
-from .harness import ONE_STEP, START, daemon_run
+from .harness import ONE_STEP, SPAWNED, START, daemon_run
 from .test_crash import Workspace, _prepare, _stop
 
-
-class SentTwice(AssertionError):
-    """A message reached the server more than once."""
+CHILD = Path(__file__).with_name("daemon_child.py")
 
 
 async def test_a_second_mailer_serve_is_refused_cleanly_and_the_first_sends_each_message_once(
@@ -101,16 +100,6 @@ async def test_two_claimers_racing_on_one_sqlite_file_never_get_the_same_message
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=SentTwice,
-    reason=(
-        "SQLiteStore.recover_in_flight, run at every Daemon.serve start, requeues every message "
-        "in `sending` whatever its lease_until: a second daemon on the same database takes over "
-        "the first one's live leases and both send them. Multi-daemon needs leases that name "
-        "their owner and expire (recover only rows whose lease_until has passed)."
-    ),
-)
 async def test_a_second_daemon_starting_on_the_same_database_does_not_steal_live_leases(
     tmp_path: Path, figures: Callable[[str], None]
 ) -> None:
@@ -128,10 +117,76 @@ async def test_a_second_daemon_starting_on_the_same_database_does_not_steal_live
                 task = asyncio.create_task(second.serve(stop))
                 await first.drive(step=timedelta(minutes=30))
                 stop.set()
-                await asyncio.wait_for(task, 30)
+                by_second = sum((await asyncio.wait_for(task, 30)).outcomes.values())
+            recovered = first.rows("SELECT count(*) FROM events WHERE type = 'recovered'")[0][0]
     figures(
-        f"D3 second-daemon-leases: messages=200 leased_by_first={leased} duplicates={server.duplicates} "
-        "(xfail: recover_in_flight ignores live leases)"
+        f"D3 second-daemon-leases: messages=200 leased_by_first={leased} recovered_by_second={recovered} "
+        f"outcomes_by_second={by_second} duplicates={server.duplicates}"
     )
-    if server.duplicates:
-        raise SentTwice(f"{server.duplicates} messages sent twice")
+    assert server.duplicates == 0, f"{server.duplicates} messages sent twice"
+    assert recovered == 0, "the second daemon requeued messages the first was sending"
+
+
+async def test_when_one_of_two_daemons_is_killed_the_other_takes_over_its_messages(
+    tmp_path: Path, figures: Callable[[str], None]
+) -> None:
+    """Two daemon processes share a store; after kill -9 of one, the other requeues and sends what it held within a heartbeat: none lost, repeats only among those."""
+    count = 1500
+    await _prepare(tmp_path, count)
+    async with FaultServer() as server:
+        server.inject(delay_reply("DATA", 0.01))
+        workspace = Workspace(tmp_path, server.port)
+        first = await _spawn_daemon(workspace)
+        await workspace.until(lambda: len(server.messages) >= 100, 30, "the first daemon sending")
+        second = await _spawn_daemon(workspace)
+        await workspace.until(lambda: len(_owners(workspace)) == 2, 30, "the second daemon registered")
+        before = len(server.messages)
+        await workspace.until(lambda: len(server.messages) >= before + 200, 30, "both daemons sending")
+        assert _holds(workspace, second.pid), "the second daemon claims messages of its own beside the first"
+        duplicates_while_both_ran = server.duplicates
+        first.kill()
+        await first.wait()
+        killed_at = time.monotonic()
+        dead_in_flight = _holds(workspace, first.pid)
+        assert dead_in_flight, "the killed daemon held leases"
+        await workspace.until(lambda: not _holds(workspace, first.pid), 30, "the dead daemon's leases recovered")
+        takeover = time.monotonic() - killed_at
+        await workspace.until(lambda: workspace.states() == {"sent": count}, 60, "every message sent")
+        assert await _stop(second) == 0
+    lost = {str(row[0]) for row in workspace.rows("SELECT message_id FROM messages")} - set(server.message_ids)
+    repeated = {message_id for message_id, copies in server.message_ids.items() if copies > 1}
+    recovered = workspace.rows("SELECT m.message_id FROM events e JOIN messages m ON m.id = e.message_id WHERE e.type = 'recovered'")
+    assert duplicates_while_both_ran == 0
+    assert not lost, f"{len(lost)} messages never reached the server"
+    assert repeated <= dead_in_flight, "only messages the dead daemon held may repeat"
+    assert {str(row[0]) for row in recovered} == dead_in_flight and len(recovered) == len(dead_in_flight)
+    assert takeover < HEARTBEAT.total_seconds() + 5, f"takeover took {takeover:.1f} s"
+    assert "Traceback" not in workspace.log.read_text()
+    figures(
+        f"D4 takeover: messages={count} dead_in_flight={len(dead_in_flight)} recovered={len(recovered)} "
+        f"takeover_s={takeover:.2f} duplicates={server.duplicates} duplicates_while_both_ran={duplicates_while_both_ran} "
+        f"lost={len(lost)}"
+    )
+
+
+async def _spawn_daemon(workspace: Workspace) -> asyncio.subprocess.Process:
+    """A daemon process on the workspace's store, without `mailer serve`'s one-daemon lock."""
+    with open(workspace.log, "ab") as log:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, str(CHILD), str(workspace.config),
+            stdout=log, stderr=asyncio.subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+    SPAWNED.append(process)
+    return process
+
+
+def _owners(workspace: Workspace) -> list[str]:
+    return [str(row[0]) for row in workspace.rows("SELECT owner FROM daemons")]
+
+
+def _holds(workspace: Workspace, pid: int) -> set[str]:
+    """The messages leased by the daemon process `pid` (its owner id names its pid)."""
+    rows = workspace.rows(
+        f"SELECT message_id FROM messages WHERE state = 'sending' AND lease_owner LIKE '%:{int(pid)}:%'"
+    )
+    return {str(row[0]) for row in rows}
