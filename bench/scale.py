@@ -43,7 +43,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
 
 import bulk
 from mailer.clock import SystemClock
@@ -84,23 +83,6 @@ def due_at_for(total: int) -> tuple[set[int], Callable[[int], datetime]]:
         return NOW + timedelta(seconds=60 + (number * 7919) % seconds)  # scattered, never due
 
     return due, due_at
-
-
-def _time_calls(store: SQLiteStore, names: tuple[str, ...]) -> dict[str, float]:
-    """Add up the seconds spent in these store methods, from now on (the calls are unchanged)."""
-    spent = {name: 0.0 for name in names}
-    for name in names:
-        method = getattr(store, name)
-
-        async def timed(*args: Any, _method: Any = method, _name: str = name, **kwargs: Any) -> Any:
-            start = time.perf_counter()
-            try:
-                return await _method(*args, **kwargs)
-            finally:
-                spent[_name] += time.perf_counter() - start
-
-        setattr(store, name, timed)
-    return spent
 
 
 def check(path: Path, due: set[int], total: int) -> tuple[int, list[str]]:
@@ -153,7 +135,7 @@ async def tick(config_path: Path, due: set[int], due_at: Callable[[int], datetim
         for number in range(rounds):
             if number:
                 await undo_tick(store, due, due_at, events_before)
-            parts = _time_calls(store, ("due_enrollments", "engagement", "apply_updates"))
+            parts = bulk.time_calls(store, ("due_enrollments", "engagement", "apply_updates"))
             start = time.perf_counter()
             await daemon.schedule_due(NOW)
             tick_s = time.perf_counter() - start

@@ -403,23 +403,6 @@ def check_against(path: Path, pure: Pure) -> tuple[list[str], dict[str, int]]:
 # -- (a) throughput ---------------------------------------------------------------------------
 
 
-def _time_calls(store: SQLiteStore, names: tuple[str, ...]) -> dict[str, float]:
-    """Seconds spent in each of these store methods from now on (a wrapper on the instance)."""
-    spent = dict.fromkeys(names, 0.0)
-    for name in names:
-        method = getattr(store, name)
-
-        async def timed(*args: Any, _method: Any = method, _name: str = name, **kwargs: Any) -> Any:
-            start = time.perf_counter()
-            try:
-                return await _method(*args, **kwargs)
-            finally:
-                spent[_name] += time.perf_counter() - start
-
-        setattr(store, name, timed)
-    return spent
-
-
 @dataclass
 class Written:
     """Part (a)'s set-up: the leads graded, then the events written as the daemon writes them."""
@@ -480,7 +463,7 @@ async def drain(path: Path, config: ScoringConfig, scenarios: dict[str, Scenario
     async with SQLiteStore(path) as store:
         engine = ScoringEngine(store, scoring=lambda: config, scenarios=lambda: scenarios, webhooks=WEBHOOKS,
                                clock=FakeClock(NOW))
-        parts = _time_calls(store, STORE_CALLS)
+        parts = bulk.time_calls(store, STORE_CALLS)
         start = time.perf_counter()
         while await engine.process(limit=engine.settings.batch):
             pass
@@ -530,7 +513,7 @@ async def rescore(path: Path, config: ScoringConfig, scenarios: dict[str, Scenar
     async with SQLiteStore(path) as store:
         engine = ScoringEngine(store, scoring=lambda: config, scenarios=lambda: scenarios, webhooks=WEBHOOKS,
                                clock=FakeClock(NOW))
-        parts = _time_calls(store, STORE_CALLS)
+        parts = bulk.time_calls(store, STORE_CALLS)
         start = time.perf_counter()
         await engine.refresh(NOW)
         seconds = time.perf_counter() - start
