@@ -23,7 +23,6 @@ retries a failed call safely.
 
 from __future__ import annotations
 
-import dataclasses
 import ipaddress
 import json
 import logging
@@ -53,10 +52,11 @@ from mailer.errors import ConfigError, UserError
 from mailer.leads import Lead
 from mailer.scenario import Scenario
 from mailer.scoremodel import STAGES, NewDelivery, StageChange, WebhookEvent
+from mailer.scoringengine import store_move
 from mailer.scoringrules import ScoringConfig
-from mailer.stages import StageError, account_of, request_stage, triggers_for
+from mailer.stages import StageError, account_of, request_stage
 from mailer.store import Store
-from mailer.webhooks import deliveries_for, stage_event, to_json
+from mailer.webhooks import deliveries_for, to_json
 
 log = logging.getLogger("mailer.api")
 
@@ -223,12 +223,9 @@ class ApiServer:
 
     async def _set_stage(self, lead: Lead, change: StageChange, now: datetime) -> Lead:
         """Write a move with its history, trigger enrollments and webhook calls, in one transaction."""
-        assert lead.id is not None
-        deliveries = deliveries_for(stage_event(lead, change, at=now, account=account_of(lead)), self.config.webhooks)
         scenarios = self.scenarios().values() if self.scenarios is not None else ()
-        triggers = triggers_for(scenarios, stage_change=change, lead=dataclasses.replace(lead, stage=change.to_stage))
         try:
-            await self.store.set_stage(lead.id, change, now=now, triggers=triggers, deliveries=deliveries)
+            deliveries = await store_move(self.store, lead, change, scenarios=scenarios, webhooks=self.config.webhooks, now=now)
         except UserError as error:  # the stage changed between reading the lead and writing the move
             raise ApiError(409, error.problem, "stage") from None
         self._queued(deliveries)

@@ -516,7 +516,7 @@ class Daemon:
             message = await self._queue.get()
             if message is None:  # the drain's signal: nothing more will come
                 break
-            detach: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+            detach: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             attempt = asyncio.ensure_future(self._deliver_one(message, detach))
             await asyncio.wait((attempt, detach), timeout=SLOW_ATTEMPT_SECONDS, return_when=asyncio.FIRST_COMPLETED)
             if attempt.done():
@@ -531,7 +531,7 @@ class Daemon:
             else:
                 await attempt
 
-    async def _deliver_one(self, message: ClaimedMessage, detach: asyncio.Future[str]) -> None:
+    async def _deliver_one(self, message: ClaimedMessage, detach: asyncio.Future[None]) -> None:
         detach_signal.set(detach)  # this task's own context: Outbound.admit resolves it
         try:
             await self.deliver(message)

@@ -285,8 +285,8 @@ async def move_stage(
     the same transaction as the move.
     """
     from mailer.scenario import load_scenarios
-    from mailer.stages import account_of, request_stage, triggers_for
-    from mailer.webhooks import deliveries_for, stage_event
+    from mailer.scoringengine import store_move
+    from mailer.stages import request_stage
 
     stage = canonical_stage(target)
     if stage is None:
@@ -296,9 +296,7 @@ async def move_stage(
     change = request_stage(lead, stage, rules.stages, by=by, reason=reason)
     # A broken scenario file is `validate`'s business; the daemon pauses it, so it triggers nothing.
     scenarios, _ = load_scenarios(config.scenarios, identities=config.identities, templates_dir=config.templates)
-    triggers = triggers_for(scenarios, stage_change=change, lead=lead)
-    deliveries = deliveries_for(stage_event(lead, change, at=now, account=account_of(lead)), config.webhooks)
-    await store.set_stage(lead.id, change, now=now, triggers=triggers, deliveries=deliveries)
+    await store_move(store, lead, change, scenarios=scenarios, webhooks=config.webhooks, now=now)
     return change
 
 

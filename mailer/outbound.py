@@ -46,8 +46,7 @@ SendFunction = Callable[[Envelope, bytes], Awaitable[SMTPReply]]
 log = logging.getLogger(__name__)
 # The daemon's worker sets this for each attempt: resolved when the attempt starts waiting on a
 # receiver not heard from yet (a probe, or a wait for one), so the worker need not wait with it.
-# Its result says why: "probe" (holds a connection) or "wait" (holds nothing but a place in memory).
-detach_signal: ContextVar[asyncio.Future[str] | None] = ContextVar("detach_signal", default=None)
+detach_signal: ContextVar[asyncio.Future[None] | None] = ContextVar("detach_signal", default=None)
 
 
 @dataclass(frozen=True)
@@ -58,10 +57,10 @@ class Hold:
     reason: str
 
 
-def _detach(why: str) -> None:
+def _detach() -> None:
     signal = detach_signal.get()
     if signal is not None and not signal.done():
-        signal.set_result(why)
+        signal.set_result(None)
 
 
 @lru_cache(maxsize=4096)
@@ -132,7 +131,7 @@ class Outbound:
             if admission.probe:
                 self._probes[provider] = (time.monotonic(), asyncio.Event())
             if admission.probe or admission.wait:
-                _detach("probe" if admission.probe else "wait")  # it may take a whole timeout: the worker moves on
+                _detach()  # it may take a whole timeout: the worker moves on without it
             if not admission.wait or probe is None:
                 return admission
             started, ended = probe

@@ -33,7 +33,7 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -46,7 +46,13 @@ from mailer.grading import grade
 from mailer.leads import Lead
 from mailer.scenario import Scenario
 from mailer.scoremodel import (
-    AccountChange, LeadChange, LeadScoring, NewDelivery, Trigger, WebhookEvent,
+    AccountChange,
+    LeadChange,
+    LeadScoring,
+    NewDelivery,
+    StageChange,
+    Trigger,
+    WebhookEvent,
 )
 from mailer.scoring import score
 from mailer.scoringrules import ScoringConfig, load_scoring
@@ -393,3 +399,17 @@ async def _first_of(*waits: Any) -> None:
     finally:
         for task in tasks:
             task.cancel()
+
+
+async def store_move(
+    store: Store, lead: Lead, change: StageChange, *, scenarios: Iterable[Scenario],
+    webhooks: Mapping[str, WebhookConfig], now: datetime,
+) -> list[NewDelivery]:
+    """Write a manual move (sales through the CLI or the API) as the engine writes its own: the
+    stage and its history, the scenarios it triggers and the webhook calls that want it, in one
+    transaction. Returns the webhook calls queued; UserError when the stage changed meanwhile."""
+    assert lead.id is not None
+    deliveries = deliveries_for(stage_event(lead, change, at=now, account=account_of(lead)), webhooks)
+    triggers = triggers_for(scenarios, stage_change=change, lead=lead)
+    await store.set_stage(lead.id, change, now=now, triggers=triggers, deliveries=deliveries)
+    return deliveries
