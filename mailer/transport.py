@@ -1,4 +1,7 @@
-"""SMTP delivery through aiosmtplib: sessions to one endpoint, reused for several messages.
+"""SMTP delivery: sessions to one endpoint, reused for several messages.
+
+aiosmtplib sets each session up (greeting, EHLO, STARTTLS, AUTH); the transactions then run
+over `mailer.smtpsession.SMTPSession`, pipelined when the server offers it (RFC 2920).
 
 Every attempt ends as an `SMTPReply`, never as an exception: a refusal carries the server's
 code and text; a connection that failed, timed out or broke the protocol yields a reply with
@@ -30,6 +33,7 @@ import aiosmtplib
 
 from mailer.config import RelayConfig, TimeoutsConfig
 from mailer.reply import SMTPReply
+from mailer.smtpsession import SMTPSession, describe, envelope_commands
 
 if TYPE_CHECKING:
     from mailer.config import Config
@@ -96,12 +100,12 @@ class SMTPConnection:
         self.usable = True
         self.delivered = 0
         self.encrypted = False  # the session runs over TLS
-        self._client: aiosmtplib.SMTP | None = None
-        self._phase = "CONNECT"
+        self._session: SMTPSession | None = None
+        self._phase = "CONNECT"  # of setting the session up, for the reply when it fails
 
     @property
     def is_open(self) -> bool:
-        return self._client is not None and self._client.is_connected
+        return self._session is not None and self._session.is_open
 
     async def _socket(self) -> socket.socket:
         """A TCP connection to the endpoint's address, from its source address.
@@ -139,7 +143,7 @@ class SMTPConnection:
             timeout=self.timeouts.connect,  # here: the wait for the greeting
         )
 
-    async def _connect(self, tls: TLSMode) -> aiosmtplib.SMTP:
+    async def _connect(self, tls: TLSMode) -> SMTPSession:
         self._phase = "CONNECT"
         sock = await self._socket() if self.endpoint.address else None
         client = self._client_for(tls, sock)
@@ -149,7 +153,7 @@ class SMTPConnection:
             client.close()  # a session refused halfway is never reused
             raise
 
-    async def _set_up(self, client: aiosmtplib.SMTP, tls: TLSMode) -> aiosmtplib.SMTP:
+    async def _set_up(self, client: aiosmtplib.SMTP, tls: TLSMode) -> SMTPSession:
         await client.connect()  # AUTH comes last, after STARTTLS
         self.encrypted = tls is TLSMode.IMPLICIT
         if tls in (TLSMode.STARTTLS, TLSMode.OPPORTUNISTIC):
@@ -177,7 +181,7 @@ class SMTPConnection:
         if self.endpoint.username:
             self._phase = "AUTH"
             await client.login(self.endpoint.username, os.environ.get(self.endpoint.password_env, ""))
-        return client
+        return SMTPSession.take_over(client)
 
     async def _greet(self, client: aiosmtplib.SMTP) -> None:
         if client.is_ehlo_or_helo_needed:
@@ -192,74 +196,62 @@ class SMTPConnection:
     async def send(self, envelope: Envelope, message: bytes) -> SMTPReply:
         """One transaction: MAIL, RCPT, DATA; returns the reply that decided it."""
         host = self.endpoint.label
-        try:
-            if self._client is None:
-                self._client = await self._connect(self.endpoint.tls)
-            client = self._client
-            options: list[str] = []
-            if envelope.smtputf8:
-                if not client.supports_extension("smtputf8"):
-                    return SMTPReply(
-                        code=550,
-                        text=f"{self.endpoint.host} does not offer SMTPUTF8, which this address needs",
-                        enhanced="5.6.7",  # RFC 6531 3.6: non-ASCII address, no SMTPUTF8
-                        command="MAIL",
-                        host=host,
-                    )
-                options.append("SMTPUTF8")
-            encoding = "utf-8" if envelope.smtputf8 else "ascii"
-            self._phase = "MAIL"
-            await client.mail(envelope.sender, options=options, encoding=encoding, timeout=self.timeouts.mail)
-            self._phase = "RCPT"
-            await client.rcpt(envelope.recipient, encoding=encoding, timeout=self.timeouts.rcpt)
-            self._phase = "DATA"
-            response = await client.data(message, timeout=self.timeouts.data)
-        except aiosmtplib.SMTPResponseException as error:
-            # A refused greeting or a 421 (RFC 5321 3.8: the server closes the channel) ends
-            # the session, as does any refusal while setting it up; any other refusal
-            # leaves it usable after RSET.
-            if isinstance(error, aiosmtplib.SMTPConnectResponseError) or error.code == 421 or self._client is None:
+        if self._session is None:
+            try:
+                self._session = await self._connect(self.endpoint.tls)
+            except aiosmtplib.SMTPResponseException as error:
+                # A refused greeting, EHLO, STARTTLS or AUTH ends the session.
                 await self.discard()
-            else:
-                await self._reset()
-            if error.code < 0:  # aiosmtplib uses -1 for "no reply"
-                return SMTPReply(code=None, text=error.message, command=self._phase, host=host)
-            return SMTPReply.parse(error.code, error.message, command=self._phase, host=host)
-        except (aiosmtplib.SMTPException, OSError, TimeoutError) as error:
+                if error.code < 0:  # aiosmtplib uses -1 for "no reply"
+                    return SMTPReply(code=None, text=error.message, command=self._phase, host=host)
+                return SMTPReply.parse(error.code, error.message, command=self._phase, host=host)
+            except (aiosmtplib.SMTPException, OSError, TimeoutError) as error:
+                await self.discard()
+                return SMTPReply(code=None, text=describe(error), command=self._phase, host=host)
+        session = self._session
+        if envelope.smtputf8 and not session.supports("smtputf8"):
+            return SMTPReply(
+                code=550,
+                text=f"{self.endpoint.host} does not offer SMTPUTF8, which this address needs",
+                enhanced="5.6.7",  # RFC 6531 3.6: non-ASCII address, no SMTPUTF8
+                command="MAIL",
+                host=host,
+            )
+        mail, rcpt = envelope_commands(envelope.sender, envelope.recipient, smtputf8=envelope.smtputf8)
+        outcome = await session.transaction(mail=mail, rcpt=rcpt, message=message, timeouts=self.timeouts)
+        if outcome.delivered:
+            self.delivered += 1
+        elif outcome.code is None:
+            # No reply: the session's state is unknown. After the final dot, so is the
+            # message's: the receiver may have it, and gets it again on the retry.
             await self.discard()
-            what = "outcome unknown: " if self._phase == "DATA" else ""
-            return SMTPReply(code=None, text=f"{what}{type(error).__name__}: {error}".strip(), command=self._phase, host=host)
-        self.delivered += 1
-        return SMTPReply.parse(response.code, response.message, command="DATA", host=host)
+            what = "outcome unknown: " if outcome.body_sent else ""
+            return SMTPReply(code=None, text=f"{what}{outcome.text}", command=outcome.command, host=host)
+        elif outcome.session_over:
+            await self.discard()  # a 421 (RFC 5321 3.8): the server closes the channel
+        else:
+            await self._reset()  # any other refusal leaves the session usable after RSET
+        return SMTPReply.parse(outcome.code, outcome.text, command=outcome.command, host=host)
 
     async def _reset(self) -> None:
         """RSET after a refused transaction, so the next one starts clean (RFC 5321 4.1.1.5)."""
-        assert self._client is not None
-        try:
-            await self._client.rset(timeout=self.timeouts.mail)
-        except (aiosmtplib.SMTPException, OSError, TimeoutError):
+        assert self._session is not None
+        if not await self._session.reset(self.timeouts.mail):
             await self.discard()
 
     async def discard(self) -> None:
         """Drop the connection without a QUIT: after a fault its state is unknown."""
         self.usable = False
-        client, self._client = self._client, None
-        if client is not None:
-            client.close()
+        session, self._session = self._session, None
+        if session is not None:
+            session.close()
 
     async def close(self) -> None:
         """QUIT politely, then close."""
-        client, self._client = self._client, None
+        session, self._session = self._session, None
         self.usable = False
-        if client is None:
-            return
-        try:
-            if client.is_connected:
-                await client.quit(timeout=QUIT_TIMEOUT)
-        except (aiosmtplib.SMTPException, OSError, TimeoutError):
-            pass
-        finally:
-            client.close()
+        if session is not None:
+            await session.quit(QUIT_TIMEOUT)
 
 
 class Transport(Protocol):
