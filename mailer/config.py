@@ -25,6 +25,7 @@ from mailer.errors import ConfigError
 from mailer.providers import DEFAULT_LIMITS, DEFAULT_SHARES, PROVIDERS, ProviderLimits
 
 CONFIG_NAME = "mailer.toml"
+MAX_AUTO_BUILD_PROCESSES = 4  # beyond this the send loop, not building, is the bottleneck
 
 
 @dataclass(frozen=True)
@@ -88,6 +89,15 @@ class DeliveryConfig:
     # Unwritten: on in direct mode; off with a relay, whose IP (what SPF checks) is not known here.
     check_domains: bool = False
     allow_failing_domains: tuple[str, ...] = ()  # From domains sent from despite hard failures
+    # Processes that render and sign messages beside the send loop (mailer.buildprocesses);
+    # 0: in the daemon's own process; None ("auto"): one per CPU beyond the first, at most 4.
+    build_processes: int | None = None
+
+    def builders(self, cpus: int | None) -> int:
+        """How many build processes to start on a machine with `cpus` CPUs."""
+        if self.build_processes is not None:
+            return self.build_processes
+        return max(0, min(MAX_AUTO_BUILD_PROCESSES, (cpus or 1) - 1))
 
 
 @dataclass(frozen=True)
@@ -169,7 +179,16 @@ class DKIMConfig:
     selector: str = "mailer"
     private_key_file: str = ""  # PEM RSA key (2048 bits or more); `mailer init` writes one
     ed25519_key_file: str = ""  # optional second signature, ed25519-sha256 (RFC 8463)
+    # A selector names one key record, so the ed25519 key needs its own (RFC 8463 3);
+    # empty means "<selector>-ed25519"
+    ed25519_selector: str = ""
     domain: str = ""  # d=; empty means each identity's From domain (aligned for DMARC)
+
+    def selector_for(self, algorithm: str) -> str:
+        """The selector of the key signing with `algorithm` ("rsa" or "ed25519")."""
+        if algorithm == "ed25519":
+            return self.ed25519_selector or f"{self.selector}-ed25519"
+        return self.selector
 
 
 @dataclass(frozen=True)
@@ -411,12 +430,18 @@ def parse_config(raw: dict[str, Any], *, text: str = "", path: Path | None = Non
 def _delivery(value: Any, where: _Locator) -> DeliveryConfig:
     table = dict(_expect(value, dict, "delivery", where))
     allowed = table.pop("allow_failing_domains", [])
+    builders = table.pop("build_processes", "auto")
+    if builders != "auto" and (isinstance(builders, bool) or not isinstance(builders, int) or not 0 <= builders <= 64):
+        raise where.error("delivery.build_processes", f"expected a number of processes or \"auto\", got {builders!r}",
+                          '0 builds in the daemon\'s process; "auto" starts one per CPU beyond the first')
     if not isinstance(allowed, list) or not all(isinstance(name, str) and _HOSTNAME.fullmatch(name) for name in allowed):
         raise where.error("delivery.allow_failing_domains", f"not a list of domain names: {allowed!r}", 'write e.g. ["acme.example"]')
     delivery: DeliveryConfig = _section(DeliveryConfig, table, "delivery", where)
     if "check_domains" not in table:
         delivery = dataclasses.replace(delivery, check_domains=delivery.mode == "direct")
-    return dataclasses.replace(delivery, allow_failing_domains=tuple(name.lower() for name in allowed))
+    return dataclasses.replace(
+        delivery, allow_failing_domains=tuple(name.lower() for name in allowed), build_processes=None if builders == "auto" else builders
+    )
 
 
 def _warmup(value: Any, where: _Locator) -> WarmupConfig:
@@ -720,6 +745,8 @@ mta_sts = true                   # direct: honour MTA-STS policies (RFC 8461)
                                  # (pause) one that fails hard; unwritten: on in direct mode, off with
                                  # a relay; `mailer check-domain` shows the same report
 allow_failing_domains = []       # From domains sent from despite hard failures, e.g. ["acme.example"]
+build_processes = "auto"         # processes rendering and DKIM-signing beside the send loop:
+                                 # "auto" = one per CPU beyond the first (at most 4); 0 = none
 
 [timeouts]                       # seconds; defaults are RFC 5321 4.5.3.2's minimums
 connect = 300
@@ -779,6 +806,7 @@ batch = 500                      # leads re-scored per transaction
 selector = "mailer"
 private_key_file = ""            # PEM RSA key, e.g. "dkim.pem"
 ed25519_key_file = ""            # optional second signature (RFC 8463)
+ed25519_selector = ""            # its own selector (one key record each); empty = "<selector>-ed25519"
 domain = ""                      # d=; empty = each identity's From domain
 
 [warmup]                         # new sending IPs: daily caps that grow, split across providers

@@ -21,11 +21,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import itertools
 import logging
+from contextvars import ContextVar
+import os
 import random
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 from datetime import datetime, timedelta
 
@@ -34,16 +36,14 @@ import dns.asyncresolver
 from mailer.clock import Clock
 from mailer.conditions import Engagement
 from mailer.config import Config, IdentityConfig
-from mailer.errors import HeaderInjectionError, MailerError, ScenarioError, TemplateError
+from mailer.errors import MailerError, ScenarioError
 from mailer.lifecycle import MessageState
 from mailer.links import Links
-from mailer.compose import Composed, Composer
-from mailer.dkim import DKIMSigner, load_private_key, sign_message
-from mailer.optin import OptInMailer
+from mailer.builders import BuildFailed, BuildJob, Builders, BuildUnavailable, LocalBuilders
+from mailer.buildprocesses import BATCH, BuildProcesses
 from mailer.tracking import TrackingServer
 from mailer.mime import make_message_id, wire_address
 from mailer.planner import Decision, plan
-from mailer.render import Renderer
 from mailer.reply import SMTPReply, Verdict
 from mailer.bouncing import BounceIntake
 from mailer.inbound import BounceListener
@@ -83,6 +83,8 @@ ROUND_BACKOFF_SECONDS = 1.0  # real time to wait after a failed round before the
 # An attempt still waiting for its receiver after this long no longer holds its worker.
 SLOW_ATTEMPT_SECONDS = 0.2
 FINAL_FLUSH_ATTEMPTS = 10
+BUILD_RETRY = timedelta(seconds=30)  # a message whose build process died comes back after this
+BUILDS_IN_FLIGHT = 4 * BATCH  # extra workers per build process: jobs queued for it while it builds
 SIDE_RETRY_SECONDS = 5.0  # real time before starting the API or webhook sender again, doubling …
 SIDE_RETRY_MAX_SECONDS = 300.0  # … up to this (a port another process holds may come free)
 SIDE_STOP_SECONDS = 10.0  # real time the scoring engine gets to finish its batch at shutdown
@@ -101,6 +103,36 @@ class Report:
 
 
 OutcomeListener = Callable[[ClaimedMessage, Outcome, str], None]
+
+
+@dataclass
+class AttemptState:
+    """One attempt's share of [delivery] concurrency: an SMTP session slot while it sends,
+    given back when its worker stops waiting for it (it then counts among the slow attempts,
+    at most `concurrency` of those, as before the slots existed)."""
+
+    detached: bool = False
+    holds_session: bool = False
+
+    async def take_session(self, sessions: asyncio.Semaphore) -> None:
+        if not self.detached:
+            await sessions.acquire()
+            if self.detached:  # detached while waiting: the slow attempts have room of their own
+                sessions.release()
+            else:
+                self.holds_session = True
+
+    def detach(self, sessions: asyncio.Semaphore) -> None:
+        self.detached = True
+        self.end(sessions)
+
+    def end(self, sessions: asyncio.Semaphore) -> None:
+        if self.holds_session:
+            self.holds_session = False
+            sessions.release()
+
+
+attempt_state: ContextVar[AttemptState | None] = ContextVar("attempt_state", default=None)
 
 
 class Daemon:
@@ -130,11 +162,11 @@ class Daemon:
         )
         # Every message's links (pixel, clicks, unsubscribe) are signed with the workspace key.
         self.links = Links(Signer(config.secret_keys()), config.tracking.public_base)
-        renderer = Renderer(config.templates)
-        self.composer = Composer(renderer, config.identities, links=self.links, config=config)
-        self.optin = OptInMailer(config=config, links=self.links, renderer=renderer)
-        self.dkim_keys = [load_private_key(Path(f)) for f in (config.dkim.private_key_file, config.dkim.ed25519_key_file) if f]
-        self._dkim_signers: dict[str, list[DKIMSigner]] = {}
+        # Messages are built (rendered, DKIM-signed) here, or by build processes once serving
+        # (mailer.buildprocesses, [delivery] build_processes).
+        self.builders: Builders = LocalBuilders(config)
+        self._sessions = asyncio.Semaphore(config.delivery.concurrency)  # SMTP transactions at once
+        self._workers: list[asyncio.Task[None]] = []
         self.tracker: TrackingServer | None = None
         self.retry = RetryPolicy.from_config(config.retry)
         self.bounce_policy = BouncePolicy(config.bounces.soft_limit, config.bounces.soft_window)
@@ -175,7 +207,7 @@ class Daemon:
         )
         self.scenarios = {s.name: s for s in scenarios}
         self.scenario_errors = errors
-        self.composer.forget()
+        self.builders.load(self.scenarios)
         for error in errors:
             log.error("%s (this scenario is paused)", error)
         return errors
@@ -184,24 +216,31 @@ class Daemon:
 
     async def serve(self, stop: asyncio.Event) -> Report:
         """Run until `stop` is set, then drain and return what was done."""
-        # only the leases of daemons that are gone: one running beside this one keeps its own
-        recovered = await self.presence.start(on_recovered=self._wake.set)
-        if recovered:
-            log.warning("%d messages were in flight at the last stop; they are queued again", recovered)
-        # today's warm-up use and the throttles: a restart does not reset a day's budget
-        self.outbound.budget = await load_budget(self.store, self.warmup_plan, self.clock.now())
-        if not self.scenarios:
-            self.load_scenarios()
-        if self.config.delivery.check_domains:
-            await self._check_domains()
-        await self.domains.load(self.store, self.clock.now(), self._domain_of)
-        listener = await self._start_listener()
-        if self.config.tracking.enabled:
-            self.tracker = TrackingServer(config=self.config, store=self.store, links=self.links, clock=self.clock)
-            self.tracker.on_message_queued = self._wake.set
-            await self.tracker.start()
-        self._start_side_services()
-        workers = [asyncio.create_task(self._worker()) for _ in range(self.config.delivery.concurrency)]
+        # Build processes start beside the rest; until they are ready, messages are built here.
+        builders = asyncio.create_task(self._start_builders())
+        try:
+            # only the leases of daemons that are gone: one running beside this one keeps its own
+            recovered = await self.presence.start(on_recovered=self._wake.set)
+            if recovered:
+                log.warning("%d messages were in flight at the last stop; they are queued again", recovered)
+            # today's warm-up use and the throttles: a restart does not reset a day's budget
+            self.outbound.budget = await load_budget(self.store, self.warmup_plan, self.clock.now())
+            if not self.scenarios:
+                self.load_scenarios()
+            if self.config.delivery.check_domains:
+                await self._check_domains()
+            await self.domains.load(self.store, self.clock.now(), self._domain_of)
+            listener = await self._start_listener()
+            if self.config.tracking.enabled:
+                self.tracker = TrackingServer(config=self.config, store=self.store, links=self.links, clock=self.clock)
+                self.tracker.on_message_queued = self._wake.set
+                await self.tracker.start()
+            self._start_side_services()
+        except BaseException:
+            builders.cancel()
+            await asyncio.gather(builders, return_exceptions=True)
+            raise
+        self._add_workers(self.config.delivery.concurrency)
         flusher = asyncio.create_task(self._flush_forever())
         next_entry = self.clock.now()
         try:
@@ -212,7 +251,8 @@ class Daemon:
                     if now >= next_entry:
                         await self.enter_leads(now)
                         next_entry = now + self.config.scheduler.entry_interval
-                    busy = await self.schedule_due(now)
+                    # a page at a time between claims: a large backlog starts sending at once
+                    busy = await self.schedule_due(now, pages=1)
                     busy = await self.dispatch(now) or busy
                     if not busy:
                         await self._idle(stop, next_entry)
@@ -224,9 +264,12 @@ class Daemon:
                     await asyncio.sleep(ROUND_BACKOFF_SECONDS)
         finally:
             self._stopping = True
+            builders.cancel()
+            await asyncio.gather(builders, return_exceptions=True)
             self.outbound.stop_waiting()
-            await self._drain(workers)
+            await self._drain(self._workers)
             await self.outbound.close()  # QUIT the pooled sessions
+            await self.builders.close()
             self._flush_stop.set()
             await flusher  # lets a flush under way finish: cancelling it could lose outcomes
             await self._final_flush()
@@ -417,10 +460,10 @@ class Daemon:
             log.info("%d leads entered scenarios", entered)
         return entered
 
-    async def schedule_due(self, now: datetime) -> bool:
-        """Plan every due enrollment; returns whether there was any."""
+    async def schedule_due(self, now: datetime, *, pages: int | None = None) -> bool:
+        """Plan every due enrollment, or `pages` pages of them; returns whether there was any."""
         any_due = False
-        while True:
+        for _ in itertools.count() if pages is None else range(pages):
             due = await self.store.due_enrollments(now=now, limit=DUE_PAGE, scenarios=self._sending_scenarios(now))
             if not due:
                 return any_due
@@ -441,6 +484,7 @@ class Daemon:
                 updates.append(self._update(scenario, enrollment.id, enrollment.lead.id or 0, decision, now))
             await self.store.apply_updates(updates, now=now)
             self.report.queued += sum(1 for u in updates if u.message is not None)
+        return any_due
 
     def _update(self, scenario: Scenario, enrollment_id: int, lead_id: int, decision: Decision, now: datetime) -> EnrollmentUpdate:
         """The store write for a planner decision (and the message it queues, if any)."""
@@ -466,16 +510,33 @@ class Daemon:
         message = NewMessage(message_id=make_message_id(identity.message_id_domain), step_id=step.id, not_before=now)
         return update(index + 1, state, "queued", {"step": step.id}, message)
 
-    def _sign(self, composed: Composed, identity: IdentityConfig) -> bytes:
-        """The message with its DKIM signatures, d= aligned with the From domain unless set."""
-        if not self.dkim_keys:
-            return composed.wire
-        domain = self.config.dkim.domain or identity.from_address.rpartition("@")[2]
-        signers = self._dkim_signers.get(domain)
-        if signers is None:
-            signers = [DKIMSigner(domain=domain, selector=self.config.dkim.selector, private_key=key) for key in self.dkim_keys]
-            self._dkim_signers[domain] = signers
-        return sign_message(composed.wire, signers)
+    async def _start_builders(self) -> None:
+        """Build processes when [delivery] build_processes asks for any; if they cannot
+        start, messages are built here (slower, never lost)."""
+        processes = self.config.delivery.builders(os.cpu_count())
+        if processes < 1 or not isinstance(self.builders, LocalBuilders):
+            return
+        builders = BuildProcesses(self.config, processes)
+        builders.load(self.scenarios)
+        try:
+            await builders.start()
+        except (OSError, RuntimeError) as error:
+            log.error("build processes could not start (%s); building messages in the daemon's process", error)
+            await builders.close()
+            return
+        except asyncio.CancelledError:  # the daemon stops, or its start failed
+            await builders.close()
+            raise
+        log.info("%d build process%s render and sign messages", processes, "" if processes == 1 else "es")
+        builders.load(self.scenarios)  # loaded meanwhile; the pipe delivers them before any job
+        self.builders = builders
+        # A worker waits for its message's build: with build processes, enough more workers
+        # that the processes always have jobs while the sessions send. The SMTP sessions stay
+        # at [delivery] concurrency (AttemptState).
+        self._add_workers(BUILDS_IN_FLIGHT * processes)
+
+    def _add_workers(self, count: int) -> None:
+        self._workers += [asyncio.create_task(self._worker()) for _ in range(count)]
 
     def _identity(self, scenario: Scenario) -> IdentityConfig:
         return self.config.identities[scenario.sender]
@@ -517,11 +578,13 @@ class Daemon:
             if message is None:  # the drain's signal: nothing more will come
                 break
             detach: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            attempt = asyncio.ensure_future(self._deliver_one(message, detach))
+            state = AttemptState()
+            attempt = asyncio.ensure_future(self._deliver_one(message, detach, state))
             await asyncio.wait((attempt, detach), timeout=SLOW_ATTEMPT_SECONDS, return_when=asyncio.FIRST_COMPLETED)
             if attempt.done():
                 continue
             if len(self._slow) < self.config.delivery.concurrency:
+                state.detach(self._sessions)
                 # A receiver that is slow to answer (a timeout on its way, a tarpit) or not heard
                 # from yet (the breaker's probe, mailer.breaker) keeps its connection, not this
                 # worker: the attempt finishes on its own while the worker serves the other
@@ -531,8 +594,9 @@ class Daemon:
             else:
                 await attempt
 
-    async def _deliver_one(self, message: ClaimedMessage, detach: asyncio.Future[None]) -> None:
+    async def _deliver_one(self, message: ClaimedMessage, detach: asyncio.Future[None], state: AttemptState) -> None:
         detach_signal.set(detach)  # this task's own context: Outbound.admit resolves it
+        attempt_state.set(state)
         try:
             await self.deliver(message)
         finally:
@@ -608,27 +672,34 @@ class Daemon:
         ip = self.outbound.pick(provider, now)
         if isinstance(ip, Hold):
             return self._held(message, now, ip), ""
+        # nothing was awaited since `pick`: no other worker took that budget meanwhile
+        grant = self.outbound.reserve(ip, provider, now)
+        if grant is None:
+            return self._held(message, now, Hold(now + timedelta(minutes=1), f"warm-up budget of {ip} for {provider} spent")), ""
+        job = BuildJob(message.id, message.message_id, message.scenario, message.step_id, lead, now, message.is_confirmation)
         try:
-            if message.is_confirmation:
-                composed = self.optin.compose(lead, message.step_id, message_id=message.message_id, now=now)
-            else:
-                assert scenario is not None and step is not None
-                composed = self.composer.compose(scenario, step, lead, message_id=message.message_id, now=now, message_row=message.id)
-            wire = self._sign(composed, identity)
-        except (TemplateError, HeaderInjectionError, MailerError, ValueError) as error:
+            built = await self.builders.build(job)
+        except BuildFailed as error:
+            self.outbound.release(grant)
             log.error("message %s cannot be built: %s", message.message_id, error)
             return self._outcome(message, MessageState.FAILED, now, detail=str(error)), ""
+        except BaseException as error:
+            self.outbound.release(grant)
+            if isinstance(error, BuildUnavailable):  # nothing was attempted: back soon, as a hold
+                return self._held(message, now, Hold(now + BUILD_RETRY, f"not built: {error}")), ""
+            raise
         sender = identity.envelope_sender
         if self.signer is not None:
             bounces = self.config.bounces
             sender = verp_address(self.signer, message=message.id, local_part=bounces.local_part, domain=bounces.domain)
-        envelope = Envelope(wire_address(sender), wire_address(lead.email), composed.smtputf8)
-        # composing awaited nothing since `pick`: no other worker took that budget meanwhile
-        grant = self.outbound.reserve(ip, provider, now)
-        if grant is None:
-            return self._held(message, now, Hold(now + timedelta(minutes=1), f"warm-up budget of {ip} for {provider} spent")), ""
-        reply = await self.outbound.send(grant, envelope, wire, now=self.clock.now)
-        subject = composed.parts.subject
+        envelope = Envelope(wire_address(sender), wire_address(lead.email), built.smtputf8)
+        state = attempt_state.get() or AttemptState()
+        try:
+            await state.take_session(self._sessions)
+            reply = await self.outbound.send(grant, envelope, built.wire, now=self.clock.now)
+        finally:
+            state.end(self._sessions)
+        subject = built.subject
         now = self.clock.now()
         self.outbound.record(grant, reply, now, probe=probe)
         if reply.verdict is Verdict.ACCEPTED:
@@ -672,10 +743,13 @@ class Daemon:
         return dataclasses.replace(outcome, bounce=bounce)
 
     def _temporary(self, message: ClaimedMessage, now: datetime, reply: SMTPReply | None, *, detail: str = "") -> Outcome:
-        """Deferred for a retry, or expired past the maximum age; `reply` None: no SMTP attempt."""
-        retry_at = self.retry.next_attempt(
-            attempt=message.attempts + 1, first_attempt_at=message.created_at, now=now, rng=self.rng
-        )
+        """Deferred for a retry, or expired past the maximum age; `reply` None: no SMTP attempt.
+
+        The maximum age counts from the first SMTP attempt (RFC 5321 4.5.4.1 gives up on
+        *trying*): time held by the warm-up, or a scenario file broken for a while, uses none of it.
+        """
+        first = message.first_attempt_at or now
+        retry_at = self.retry.next_attempt(attempt=message.attempts + 1, first_attempt_at=first, now=now, rng=self.rng)
         attempted = reply is not None
         if retry_at is None:
             detail = detail or "gave up after the maximum age"

@@ -273,8 +273,12 @@ def render_error(error: Exception, *, template: str) -> TemplateError:
     file, line = template, None
     for frame, lineno in traceback.walk_tb(error.__traceback__):
         filename = frame.f_code.co_filename
-        if filename.endswith((".html", ".txt", ".htm")) or filename == "<template>":
+        if filename.endswith((".html", ".txt", ".htm")):
             file, line = filename, lineno
+        elif filename == "<template>":
+            # the flattened source (layouts and includes resolved): its lines are not the
+            # author's, so the error names the step's template without a line
+            file, line = template, None
     problem = str(error) if isinstance(error, jinja2.TemplateError) else f"{type(error).__name__}: {error}"
     return TemplateError(problem, file=file, line=line, hint="check the variable names against the lead's fields and attributes")
 

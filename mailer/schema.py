@@ -280,4 +280,11 @@ MIGRATIONS: tuple[str, ...] = (
         heartbeat_at INTEGER NOT NULL
     ) WITHOUT ROWID;
     """,
+    # 7: when a message was first attempted (an SMTP attempt, not a hold), from which RFC 5321
+    # 4.5.4.1's give-up time counts: days spent waiting for warm-up budget no longer use it up.
+    # Messages attempted before this version keep the old reading (their creation).
+    """
+    ALTER TABLE messages ADD COLUMN first_attempt_at INTEGER;
+    UPDATE messages SET first_attempt_at = created_at WHERE attempts > 0;
+    """,
 )

@@ -51,7 +51,7 @@ class LeaseTables(StoreTables):
             marks = ",".join("?" * len(ids))
             rows = await self._fetchall(
                 f"""
-                SELECT m.id, m.message_id, m.scenario, m.step_id, m.attempts, m.created_at,
+                SELECT m.id, m.message_id, m.scenario, m.step_id, m.attempts, m.created_at, m.first_attempt_at,
                        {SUPPRESSIONS_OF_LEAD}, {LEAD_COLUMNS}
                 FROM messages m JOIN leads l ON l.id = m.lead_id
                 WHERE m.id IN ({marks}) ORDER BY m.next_attempt_at, m.id
@@ -66,8 +66,9 @@ class LeaseTables(StoreTables):
                 step_id=r[3],
                 attempts=r[4],
                 created_at=from_ms(r[5]),
-                suppressions=suppressions_column(r[6]),
-                lead=lead_from_row(r, 7),
+                first_attempt_at=from_ms(r[6]) if r[6] is not None else None,
+                suppressions=suppressions_column(r[7]),
+                lead=lead_from_row(r, 8),
             )
             for r in rows
         ]

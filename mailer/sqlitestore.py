@@ -453,7 +453,7 @@ class SQLiteStore(
                 UPDATE messages SET state = ?, attempts = attempts + ?, next_attempt_at = ?,
                     lease_owner = NULL, lease_until = NULL, last_code = coalesce(?, last_code),
                     last_enhanced = coalesce(?, last_enhanced), last_text = coalesce(?, last_text),
-                    updated_at = ?
+                    first_attempt_at = coalesce(first_attempt_at, ?), updated_at = ?
                 WHERE id = ? AND state = 'sending' {held}
                 """,
                 [
@@ -464,6 +464,7 @@ class SQLiteStore(
                         o.reply.code if o.reply else None,
                         o.reply.enhanced if o.reply else None,
                         o.reply.text if o.reply else None,
+                        ms(o.at) if o.state in attempted and o.attempted else None,
                         ms(o.at),
                         o.message,
                         *holder,

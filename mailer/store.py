@@ -95,6 +95,7 @@ class ClaimedMessage:
     lead: Lead
     # (list, reason) of each suppression of the address; list "" is global
     suppressions: frozenset[tuple[str, str]] = frozenset()
+    first_attempt_at: datetime | None = None  # the first SMTP attempt's time; None: never attempted
 
     @property
     def is_confirmation(self) -> bool:

@@ -39,7 +39,6 @@ from collections import Counter
 from collections.abc import Mapping
 from contextlib import suppress
 from datetime import date, datetime, timedelta, timezone
-from typing import Any
 
 import aiohttp
 

@@ -437,6 +437,45 @@ async def test_deferred_message_is_claimed_again_when_due(store: SQLiteStore) ->
     assert (again.id, again.attempts) == (message, 1)
 
 
+async def test_the_first_attempt_time_is_set_by_the_first_smtp_attempt_and_kept(store: SQLiteStore) -> None:
+    """A hold (not attempted) leaves first_attempt_at unset; the first attempted outcome sets it and later ones keep it."""
+    [message] = await queued(store, "a@example.com")
+    a = await lead_id(store, "a@example.com")
+    held_until = T0 + timedelta(days=5)
+    await store.claim_messages(now=T0, limit=1, lease=LEASE)
+    await store.record_outcomes([Outcome(message, a, MessageState.DEFERRED, T0, next_attempt_at=held_until, attempted=False)])
+    [claimed] = await store.claim_messages(now=held_until, limit=1, lease=LEASE)
+    assert (claimed.first_attempt_at, claimed.attempts) == (None, 0)
+    await store.record_outcomes([Outcome(message, a, MessageState.DEFERRED, held_until, SMTPReply.parse(451, "4.3.0 Later"),
+                                         next_attempt_at=held_until + timedelta(minutes=20))])  # fmt: skip
+    [again] = await store.claim_messages(now=held_until + timedelta(minutes=20), limit=1, lease=LEASE)
+    assert (again.first_attempt_at, again.attempts) == (held_until, 1)
+    await store.record_outcomes([Outcome(message, a, MessageState.DEFERRED, held_until + timedelta(hours=1),
+                                         SMTPReply.parse(451, "4.3.0 Later"), next_attempt_at=held_until + timedelta(hours=2))])  # fmt: skip
+    [third] = await store.claim_messages(now=held_until + timedelta(hours=2), limit=1, lease=LEASE)
+    assert (third.first_attempt_at, third.attempts) == (held_until, 2)
+
+
+async def test_upgrade_to_schema_7_dates_earlier_attempts_from_their_creation(tmp_path: Path) -> None:
+    """Messages attempted before schema 7 count their give-up time from creation, as before; unattempted ones from their first attempt."""
+    path = tmp_path / "mailer.db"
+    with sqlite3.connect(path) as db:
+        for script in MIGRATIONS[:6]:
+            db.executescript(script)
+        db.execute("PRAGMA user_version = 6")
+        db.execute("INSERT INTO leads (email, created_at, updated_at) VALUES ('a@example.com', 0, 0)")
+        for number, attempts in ((1, 2), (2, 0)):
+            db.execute(
+                "INSERT INTO messages (message_id, lead_id, scenario, step_id, state, attempts, next_attempt_at, created_at, updated_at) "
+                "VALUES (?, 1, 'nurture', 'welcome', 'deferred', ?, ?, ?, 0)",
+                (f"<{number}@acme.example>", attempts, ms(T0), ms(T0 - timedelta(days=1))),
+            )
+    async with SQLiteStore(path) as upgraded:
+        claimed = await upgraded.claim_messages(now=T0, limit=2, lease=LEASE)
+        assert {(c.message_id, c.first_attempt_at) for c in claimed} == {
+            ("<1@acme.example>", T0 - timedelta(days=1)), ("<2@acme.example>", None)}  # fmt: skip
+
+
 async def test_suppressed_outcome_does_not_count_as_an_attempt(store: SQLiteStore) -> None:
     """A message not sent because its lead is suppressed ends `suppressed` with no attempt counted."""
     [message] = await queued(store, "a@example.com")
