@@ -47,6 +47,8 @@ class BuildJob:
     def portable(self) -> BuildJob:
         """The job with plain containers only, so it pickles (a lead's empty attributes are a
         read-only mapping proxy)."""
+        if type(self.lead.attributes) is dict:  # as read from the store: nothing to copy
+            return self
         return dataclasses.replace(self, lead=dataclasses.replace(self.lead, attributes=dict(self.lead.attributes)))
 
 
