@@ -28,6 +28,7 @@ import pickle
 import signal
 import struct
 import sys
+import time
 from collections.abc import Sequence
 from typing import Any, BinaryIO
 
@@ -35,11 +36,16 @@ from mailer.builders import BuildFailed, BuildJob, Built, BuildUnavailable, Mess
 from mailer.config import Config
 from mailer.scenario import Scenario
 
-log = logging.getLogger("mailer.builders")
+log = logging.getLogger("mailer.buildprocesses")
 
 HEADER = struct.Struct(">I")
 BATCH = 8  # jobs a frame at most: small enough that a worker waits ~10 ms, big enough to amortize the pipe
 START_TIMEOUT = 60.0  # seconds a child may take to import and read its config
+# A batch takes milliseconds; a template stops itself within seconds (mailer.sandbox). A child
+# past this is stuck: it is killed, so no worker (nor the daemon's drain) waits forever.
+BATCH_DEADLINE = 60.0
+WATCH_SECONDS = 5.0  # how often the batches' ages are checked
+DEATHS_PER_MESSAGE = 2  # a message whose build killed its process this often fails: it kills every one
 RESTART_PAUSE = 1.0  # seconds before a dead child is started again (a crash loop must not spin)
 
 Result = tuple[str, Any]  # ("built", Built) | ("failed", text) | ("unavailable", text) | ("error", text)
@@ -110,12 +116,24 @@ def main() -> None:
 # -- the daemon's side -----------------------------------------------------------------------
 
 
+def _settle(future: asyncio.Future[Built], kind: str, value: Any) -> None:
+    if kind == "built":
+        future.set_result(value)
+    elif kind == "failed":
+        future.set_exception(BuildFailed(value))
+    elif kind == "unavailable":
+        future.set_exception(BuildUnavailable(value))
+    else:
+        future.set_exception(RuntimeError(f"build process: {value}"))
+
+
 class _Child:
     def __init__(self, number: int) -> None:
         self.number = number
         self.process: asyncio.subprocess.Process | None = None
         self.reader: asyncio.Task[None] | None = None
-        self.batches: list[list[asyncio.Future[Built]]] = []  # sent, unanswered, in order
+        self.batches: list[list[tuple[BuildJob, asyncio.Future[Built]]]] = []  # sent, unanswered, in order
+        self.sent_at: list[float] = []  # monotonic time each of `batches` was written
 
     @property
     def waiting(self) -> int:
@@ -137,14 +155,23 @@ class BuildProcesses:
         self._flush_scheduled = False
         self._closing = False
         self._restarts: set[asyncio.Task[None]] = set()  # referenced, so close() can cancel them
+        self._deaths: dict[int, int] = {}  # message row → build processes that died building it
+        self._local: MessageBuilder | None = None  # builds when no child is running
+        self._watchdog: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         """Start every child; returns once each has its config (raises when one cannot start)."""
-        await asyncio.gather(*(self._start(child) for child in self._children))
+        results = await asyncio.gather(*(self._start(child) for child in self._children), return_exceptions=True)
+        failed = [r for r in results if isinstance(r, BaseException)]
+        if failed:
+            await self.close()  # the ones that did start, too
+            raise failed[0]
+        self._watchdog = asyncio.create_task(self._watch())
 
     async def _start(self, child: _Child) -> None:
         process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "mailer.buildprocesses",
+            # -P: never a `mailer` folder from the working directory, the installed one
+            sys.executable, "-P", "-m", "mailer.buildprocesses",
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
         )  # fmt: skip
         assert process.stdin is not None and process.stdout is not None
@@ -157,6 +184,7 @@ class BuildProcesses:
             process.kill()
             raise RuntimeError(f"build process {child.number} did not start ({type(error).__name__})") from None
         if ready != "ready":
+            process.kill()
             raise RuntimeError(f"build process {child.number} said {ready!r} instead of ready")
         child.reader = asyncio.create_task(self._read(child))
 
@@ -188,12 +216,14 @@ class BuildProcesses:
         self._flush_scheduled = False
         queued, self._queued = self._queued, []
         live = [c for c in self._children if c.reader is not None and not c.reader.done()]
-        if self._closing or not live:
+        if self._closing:
             # once close() has begun nothing more is sent: a pipe it closed would drop the jobs
-            reason = "the daemon is stopping" if self._closing else "no build process is running"
             for _, future in queued:
                 if not future.done():
-                    future.set_exception(BuildUnavailable(reason))
+                    future.set_exception(BuildUnavailable("the daemon is stopping"))
+            return
+        if not live:  # every child is restarting: sending goes on, slower, built here
+            self._build_here(queued)
             return
         for start in range(0, len(queued), BATCH):
             batch = queued[start : start + BATCH]
@@ -205,8 +235,29 @@ class BuildProcesses:
                         future.set_exception(RuntimeError(f"cannot send the job to a build process: {error!r}"))
                 continue
             child = min(live, key=lambda c: c.waiting)
-            child.batches.append([future for _, future in batch])
+            child.batches.append(batch)
+            child.sent_at.append(time.monotonic())
             child.write(data)
+
+    def _build_here(self, queued: list[tuple[BuildJob, asyncio.Future[Built]]]) -> None:
+        if self._local is None:
+            self._local = MessageBuilder(self.config)
+        self._local.load(self._scenarios)
+        for job, future in queued:
+            if future.done():
+                continue
+            kind, value = build_one(self._local, job)
+            _settle(future, kind, value)
+
+    async def _watch(self) -> None:
+        """Kill a child whose oldest batch is past BATCH_DEADLINE; its reader then sees EOF."""
+        while not self._closing:
+            await asyncio.sleep(WATCH_SECONDS)
+            for child in self._children:
+                if child.sent_at and time.monotonic() - child.sent_at[0] > BATCH_DEADLINE and child.process is not None:
+                    log.error("build process %d has not answered for %.0f s; killing it", child.number, BATCH_DEADLINE)
+                    with contextlib.suppress(ProcessLookupError):
+                        child.process.kill()
 
     async def _read(self, child: _Child) -> None:
         assert child.process is not None and child.process.stdout is not None
@@ -215,18 +266,11 @@ class BuildProcesses:
             while True:
                 results: Sequence[Result] = await self._receive(stdout)
                 # popped once answered: jobs left unanswered by a broken frame stay for _lost
-                for future, (kind, value) in zip(child.batches[0], results, strict=True):
-                    if future.done():
-                        continue
-                    if kind == "built":
-                        future.set_result(value)
-                    elif kind == "failed":
-                        future.set_exception(BuildFailed(value))
-                    elif kind == "unavailable":
-                        future.set_exception(BuildUnavailable(value))
-                    else:
-                        future.set_exception(RuntimeError(f"build process: {value}"))
+                for (_, future), (kind, value) in zip(child.batches[0], results, strict=True):
+                    if not future.done():
+                        _settle(future, kind, value)
                 child.batches.pop(0)
+                child.sent_at.pop(0)
         except (asyncio.IncompleteReadError, ConnectionError):
             pass  # the child ended
         except Exception:  # not a frame, not a pickle, not an answer to its batch: replace the child
@@ -236,10 +280,16 @@ class BuildProcesses:
     def _lost(self, child: _Child) -> None:
         """The child's pipe closed: its unanswered jobs are retried; start it again."""
         for batch in child.batches:
-            for future in batch:
-                if not future.done():
+            for job, future in batch:
+                if future.done():
+                    continue
+                deaths = self._deaths[job.message_row] = self._deaths.get(job.message_row, 0) + 1
+                if deaths >= DEATHS_PER_MESSAGE:  # this message kills its builder: it can never be built
+                    future.set_exception(BuildFailed(f"its build process died {deaths} times building it"))
+                else:
                     future.set_exception(BuildUnavailable("a build process ended before answering"))
         child.batches.clear()
+        child.sent_at.clear()
         if not self._closing:
             code = child.process.returncode if child.process is not None else None
             log.error("build process %d ended (exit %s); starting it again", child.number, code)
@@ -257,13 +307,15 @@ class BuildProcesses:
             try:
                 await self._start(child)
                 return
-            except (OSError, RuntimeError) as error:
+            except Exception as error:  # keep trying: meanwhile messages are built in the daemon
                 log.error("build process %d could not start: %s", child.number, error)
                 await asyncio.sleep(RESTART_PAUSE)
 
     async def close(self) -> None:
         """Close the children's pipes and wait for them to exit."""
         self._closing = True
+        if self._watchdog is not None:
+            self._watchdog.cancel()
         # a restart under way would otherwise start a child after this returned, never told to stop
         restarts = list(self._restarts)
         for restart in restarts:

@@ -23,10 +23,10 @@ import contextlib
 import dataclasses
 import itertools
 import logging
-from contextvars import ContextVar
 import os
 import random
 from collections.abc import Awaitable, Callable, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 from datetime import datetime, timedelta
@@ -239,6 +239,10 @@ class Daemon:
         except BaseException:
             builders.cancel()
             await asyncio.gather(builders, return_exceptions=True)
+            for worker in self._workers:  # those added for build processes that did start
+                worker.cancel()
+            await asyncio.gather(*self._workers, return_exceptions=True)
+            await self.builders.close()
             raise
         self._add_workers(self.config.delivery.concurrency)
         flusher = asyncio.create_task(self._flush_forever())
@@ -269,10 +273,13 @@ class Daemon:
             self.outbound.stop_waiting()
             await self._drain(self._workers)
             await self.outbound.close()  # QUIT the pooled sessions
-            await self.builders.close()
             self._flush_stop.set()
             await flusher  # lets a flush under way finish: cancelling it could lose outcomes
             await self._final_flush()
+            try:
+                await self.builders.close()
+            except Exception:  # after the outcomes are written: nothing of value is left in them
+                log.exception("closing the build processes failed")
             await self.presence.stop()  # after the last outcomes: what is left may be taken at once
             if listener is not None:
                 await listener.stop()
@@ -520,7 +527,7 @@ class Daemon:
         builders.load(self.scenarios)
         try:
             await builders.start()
-        except (OSError, RuntimeError) as error:
+        except Exception as error:
             log.error("build processes could not start (%s); building messages in the daemon's process", error)
             await builders.close()
             return
@@ -602,7 +609,6 @@ class Daemon:
         finally:
             self._in_flight -= 1
             self._wake.set()
-
 
     async def deliver(self, message: ClaimedMessage) -> Outcome:
         """One attempt for one claimed message, its outcome queued for writing."""
@@ -746,9 +752,10 @@ class Daemon:
         """Deferred for a retry, or expired past the maximum age; `reply` None: no SMTP attempt.
 
         The maximum age counts from the first SMTP attempt (RFC 5321 4.5.4.1 gives up on
-        *trying*): time held by the warm-up, or a scenario file broken for a while, uses none of it.
+        *trying*): days held by the warm-up use none of it. A message never attempted (its
+        scenario gone, an internal error) counts from its creation, so it cannot wait forever.
         """
-        first = message.first_attempt_at or now
+        first = message.first_attempt_at or (now if reply is not None else message.created_at)
         retry_at = self.retry.next_attempt(attempt=message.attempts + 1, first_attempt_at=first, now=now, rng=self.rng)
         attempted = reply is not None
         if retry_at is None:

@@ -62,7 +62,7 @@ class Outcome:
 
     @property
     def delivered(self) -> bool:
-        return self.body_sent and self.code == 250
+        return self.body_sent and self.code is not None and 200 <= self.code < 300
 
 
 def describe(error: BaseException) -> str:
@@ -219,7 +219,7 @@ class SMTPSession(asyncio.Protocol):
         """No more replies after this one fault: the session's state is unknown."""
         if self._failure is None:
             self._failure = error
-            self.transport.close()
+            self.transport.abort()  # not close(): a server that stopped reading would hold it open
         self._wake()
 
     def _wake(self) -> None:

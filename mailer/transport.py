@@ -227,6 +227,12 @@ class SMTPConnection:
             await self.discard()
             what = "outcome unknown: " if outcome.body_sent else ""
             return SMTPReply(code=None, text=f"{what}{outcome.text}", command=outcome.command, host=host)
+        elif outcome.code < 400:
+            # A 2xx or 3xx that ends a transaction before the message went out (250 to DATA,
+            # 252 to RCPT) accepts nothing: a server out of step, whose session is not reused.
+            await self.discard()
+            text = f"protocol error: {outcome.command} answered {outcome.code} {outcome.text}".strip()
+            return SMTPReply(code=None, text=text, command=outcome.command, host=host)
         elif outcome.session_over:
             await self.discard()  # a 421 (RFC 5321 3.8): the server closes the channel
         else:
