@@ -700,6 +700,8 @@ class Daemon:
             sender = verp_address(self.signer, message=message.id, local_part=bounces.local_part, domain=bounces.domain)
         envelope = Envelope(wire_address(sender), wire_address(lead.email), built.smtputf8)
         state = attempt_state.get() or AttemptState()
+        if probe:
+            self.outbound.probe_sending(provider)
         try:
             await state.take_session(self._sessions)
             reply = await self.outbound.send(grant, envelope, built.wire, now=self.clock.now)

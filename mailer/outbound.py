@@ -23,7 +23,7 @@ import time
 from contextvars import ContextVar
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import lru_cache
 
@@ -63,6 +63,34 @@ def _detach() -> None:
         signal.set_result(None)
 
 
+@dataclass
+class _Probe:
+    """The first attempt to a destination not heard from: the others wait PATIENCE_SECONDS of
+    its SMTP attempt for its reply, then are held."""
+
+    started: float | None = None  # monotonic time its SMTP attempt began
+    ended: asyncio.Event = field(default_factory=asyncio.Event)
+    sending: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def overdue(self) -> bool:
+        return self.started is not None and time.monotonic() - self.started > PATIENCE_SECONDS
+
+    async def wait(self) -> None:
+        """Until it ends, or its patience runs out (counted once it is sending)."""
+        if self.started is None:
+            ended, sending = asyncio.ensure_future(self.ended.wait()), asyncio.ensure_future(self.sending.wait())
+            await asyncio.wait((ended, sending), return_when=asyncio.FIRST_COMPLETED)
+            for task in (ended, sending):
+                task.cancel()
+            if self.ended.is_set() or self.started is None:
+                return
+        try:
+            async with asyncio.timeout(max(0.001, self.started + PATIENCE_SECONDS - time.monotonic())):
+                await self.ended.wait()
+        except TimeoutError:
+            pass
+
+
 @lru_cache(maxsize=4096)
 def _site(name: str) -> str:
     return organizational_domain(name)
@@ -95,7 +123,7 @@ class Outbound:
         self._freed = asyncio.Condition()
         self.breakers = DestinationBreakers()
         self.stopping = False  # set by the daemon's drain: attempts waiting on a probe give up
-        self._probes: dict[str, tuple[float, asyncio.Event]] = {}  # provider → (started, ended)
+        self._probes: dict[str, _Probe] = {}  # provider → its probe under way
 
     # -- before an attempt ----------------------------------------------------------------
 
@@ -126,26 +154,21 @@ class Outbound:
             if self.stopping:  # shutting down: what has not started goes back to the queue
                 return Admission(go=False, reason="released at shutdown")
             probe = self._probes.get(provider)
-            overdue = probe is not None and time.monotonic() - probe[0] > PATIENCE_SECONDS
+            overdue = probe is not None and probe.overdue()
             admission = self.breakers.admit(provider, now, probe_overdue=overdue)
             if admission.probe:
-                self._probes[provider] = (time.monotonic(), asyncio.Event())
+                self._probes[provider] = _Probe()
             if admission.probe or admission.wait:
                 _detach()  # it may take a whole timeout: the worker moves on without it
             if not admission.wait or probe is None:
                 return admission
-            started, ended = probe
-            try:
-                async with asyncio.timeout(max(0.001, started + PATIENCE_SECONDS - time.monotonic())):
-                    await ended.wait()
-            except TimeoutError:
-                pass
+            await probe.wait()
 
     def stop_waiting(self) -> None:
         """At shutdown: every attempt waiting on a probe stops waiting (and is released)."""
         self.stopping = True
-        for _, ended in self._probes.values():
-            ended.set()
+        for probe in self._probes.values():
+            probe.ended.set()
 
     def abandon(self, provider: str, admission: Admission) -> None:
         """A probe that ended without an SMTP reply (held, or not buildable): the next may try."""
@@ -156,7 +179,15 @@ class Outbound:
     def _end_probe(self, provider: str) -> None:
         probe = self._probes.pop(provider, None)
         if probe is not None:
-            probe[1].set()
+            probe.ended.set()
+
+    def probe_sending(self, provider: str) -> None:
+        """The probe to `provider` starts its SMTP attempt: the others' patience counts from now
+        (building it, in a busy process, is not the receiver's silence)."""
+        probe = self._probes.get(provider)
+        if probe is not None and probe.started is None:
+            probe.started = time.monotonic()
+            probe.sending.set()
 
     def warming(self, now: datetime) -> bool:
         """Whether any sending IP is within its warm-up schedule today."""

@@ -12,6 +12,7 @@ from conftest import make_config
 from mailer.config import Config, TimeoutsConfig
 from mailer.direct import DirectTransport
 from mailer.dnstest import ZoneServer
+from mailer.breaker import PATIENCE_SECONDS
 from mailer.outbound import CAP_JITTER, PACE_JITTER, PAUSE_JITTER, Hold, Outbound
 from mailer.reply import SMTPReply
 from mailer.testing import CaptureServer
@@ -172,3 +173,20 @@ async def test_direct_each_ip_greets_with_its_name_and_sessions_follow_the_provi
         ("a.acme.example", "127.0.0.1"), ("a.acme.example", "127.0.0.1"), ("b.acme.example", "127.0.0.5"),
     ]
     assert len(server.messages) == 4
+
+
+async def test_followers_of_a_probe_wait_for_its_smtp_attempt_not_for_its_build(tmp_path: Path) -> None:
+    """While the first message to a new destination is still being built, the next ones wait; once
+    it is sending, they wait PATIENCE_SECONDS for its reply and are then held, not sooner."""
+    out = outbound(make_config(tmp_path, 25), transport=None)
+    first = await out.admit("other:new.example", T0)
+    assert first.probe
+    follower = asyncio.ensure_future(out.admit("other:new.example", T0))
+    await asyncio.sleep(3 * PATIENCE_SECONDS)  # a slow build: the receiver has not even been asked
+    assert not follower.done()
+    out.probe_sending("other:new.example")
+    await asyncio.sleep(PATIENCE_SECONDS / 2)
+    assert not follower.done()
+    admission = await asyncio.wait_for(follower, 2 * PATIENCE_SECONDS)
+    assert not admission.go and not admission.probe  # silent past its patience: held
+    out.abandon("other:new.example", first)
