@@ -26,7 +26,6 @@ import logging
 import os
 import random
 from collections.abc import Awaitable, Callable, Sequence
-from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 from datetime import datetime, timedelta
@@ -60,7 +59,7 @@ from mailer.transport import Envelope, Transport
 from mailer.consent import OPTIN_SCENARIO
 from mailer.domaincheck import make_resolver
 from mailer.breaker import BEHIND_PROBE
-from mailer.outbound import Hold, Outbound, detach_signal
+from mailer.outbound import Attempt, Hold, Outbound, current_attempt
 from mailer.sendingdomains import SendingDomains, domain_of_address
 from mailer.warmup import WarmupPlan, prioritize
 from mailer.warmupshell import load_budget, save_budget
@@ -103,36 +102,6 @@ class Report:
 
 
 OutcomeListener = Callable[[ClaimedMessage, Outcome, str], None]
-
-
-@dataclass
-class AttemptState:
-    """One attempt's share of [delivery] concurrency: an SMTP session slot while it sends,
-    given back when its worker stops waiting for it (it then counts among the slow attempts,
-    at most `concurrency` of those, as before the slots existed)."""
-
-    detached: bool = False
-    holds_session: bool = False
-
-    async def take_session(self, sessions: asyncio.Semaphore) -> None:
-        if not self.detached:
-            await sessions.acquire()
-            if self.detached:  # detached while waiting: the slow attempts have room of their own
-                sessions.release()
-            else:
-                self.holds_session = True
-
-    def detach(self, sessions: asyncio.Semaphore) -> None:
-        self.detached = True
-        self.end(sessions)
-
-    def end(self, sessions: asyncio.Semaphore) -> None:
-        if self.holds_session:
-            self.holds_session = False
-            sessions.release()
-
-
-attempt_state: ContextVar[AttemptState | None] = ContextVar("attempt_state", default=None)
 
 
 class Daemon:
@@ -585,13 +554,13 @@ class Daemon:
             if message is None:  # the drain's signal: nothing more will come
                 break
             detach: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            state = AttemptState()
-            attempt = asyncio.ensure_future(self._deliver_one(message, detach, state))
+            state = Attempt(detach)
+            attempt = asyncio.ensure_future(self._deliver_one(message, state))
             await asyncio.wait((attempt, detach), timeout=SLOW_ATTEMPT_SECONDS, return_when=asyncio.FIRST_COMPLETED)
             if attempt.done():
                 continue
             if len(self._slow) < self.config.delivery.concurrency:
-                state.detach(self._sessions)
+                state.stop_waiting(self._sessions)
                 # A receiver that is slow to answer (a timeout on its way, a tarpit) or not heard
                 # from yet (the breaker's probe, mailer.breaker) keeps its connection, not this
                 # worker: the attempt finishes on its own while the worker serves the other
@@ -601,9 +570,8 @@ class Daemon:
             else:
                 await attempt
 
-    async def _deliver_one(self, message: ClaimedMessage, detach: asyncio.Future[None], state: AttemptState) -> None:
-        detach_signal.set(detach)  # this task's own context: Outbound.admit resolves it
-        attempt_state.set(state)
+    async def _deliver_one(self, message: ClaimedMessage, state: Attempt) -> None:
+        current_attempt.set(state)  # this task's own context: Outbound.admit resolves its detach
         try:
             await self.deliver(message)
         finally:
@@ -699,7 +667,7 @@ class Daemon:
             bounces = self.config.bounces
             sender = verp_address(self.signer, message=message.id, local_part=bounces.local_part, domain=bounces.domain)
         envelope = Envelope(wire_address(sender), wire_address(lead.email), built.smtputf8)
-        state = attempt_state.get() or AttemptState()
+        state = current_attempt.get() or Attempt()
         if probe:
             self.outbound.probe_sending(provider)
         try:

@@ -44,9 +44,39 @@ CAP_JITTER = timedelta(minutes=30)  # an hourly or daily cap: opens at the top o
 PAUSE_JITTER = timedelta(minutes=5)  # a paused provider: the throttle lets few through at first
 SendFunction = Callable[[Envelope, bytes], Awaitable[SMTPReply]]
 log = logging.getLogger(__name__)
-# The daemon's worker sets this for each attempt: resolved when the attempt starts waiting on a
-# receiver not heard from yet (a probe, or a wait for one), so the worker need not wait with it.
-detach_signal: ContextVar[asyncio.Future[None] | None] = ContextVar("detach_signal", default=None)
+@dataclass
+class Attempt:
+    """What the daemon's worker knows of one attempt, set as the attempt task's context.
+
+    `detach` is resolved when the attempt starts waiting on a receiver not heard from yet (a
+    probe, or a wait for one), so the worker need not wait with it. An attempt holds one of the
+    [delivery] concurrency session slots while it sends, and gives it back when its worker
+    stops waiting for it (it then counts among the slow attempts, at most `concurrency`)."""
+
+    detach: asyncio.Future[None] | None = None
+    detached: bool = False
+    holds_session: bool = False
+
+    async def take_session(self, sessions: asyncio.Semaphore) -> None:
+        if not self.detached:
+            await sessions.acquire()
+            if self.detached:  # detached while waiting: the slow attempts have room of their own
+                sessions.release()
+            else:
+                self.holds_session = True
+
+    def stop_waiting(self, sessions: asyncio.Semaphore) -> None:
+        """The worker moves on without it: its session slot is given back."""
+        self.detached = True
+        self.end(sessions)
+
+    def end(self, sessions: asyncio.Semaphore) -> None:
+        if self.holds_session:
+            self.holds_session = False
+            sessions.release()
+
+
+current_attempt: ContextVar[Attempt | None] = ContextVar("current_attempt", default=None)
 
 
 @dataclass(frozen=True)
@@ -58,9 +88,9 @@ class Hold:
 
 
 def _detach() -> None:
-    signal = detach_signal.get()
-    if signal is not None and not signal.done():
-        signal.set_result(None)
+    attempt = current_attempt.get()
+    if attempt is not None and attempt.detach is not None and not attempt.detach.done():
+        attempt.detach.set_result(None)
 
 
 @dataclass
@@ -70,20 +100,20 @@ class _Probe:
 
     started: float | None = None  # monotonic time its SMTP attempt began
     ended: asyncio.Event = field(default_factory=asyncio.Event)
-    sending: asyncio.Event = field(default_factory=asyncio.Event)
+    sending: asyncio.Event = field(default_factory=asyncio.Event)  # set by end() too: never waited on in vain
+
+    def end(self) -> None:
+        self.sending.set()
+        self.ended.set()
 
     def overdue(self) -> bool:
         return self.started is not None and time.monotonic() - self.started > PATIENCE_SECONDS
 
     async def wait(self) -> None:
         """Until it ends, or its patience runs out (counted once it is sending)."""
-        if self.started is None:
-            ended, sending = asyncio.ensure_future(self.ended.wait()), asyncio.ensure_future(self.sending.wait())
-            await asyncio.wait((ended, sending), return_when=asyncio.FIRST_COMPLETED)
-            for task in (ended, sending):
-                task.cancel()
-            if self.ended.is_set() or self.started is None:
-                return
+        await self.sending.wait()
+        if self.ended.is_set() or self.started is None:
+            return
         try:
             async with asyncio.timeout(max(0.001, self.started + PATIENCE_SECONDS - time.monotonic())):
                 await self.ended.wait()
@@ -168,7 +198,7 @@ class Outbound:
         """At shutdown: every attempt waiting on a probe stops waiting (and is released)."""
         self.stopping = True
         for probe in self._probes.values():
-            probe.ended.set()
+            probe.end()
 
     def abandon(self, provider: str, admission: Admission) -> None:
         """A probe that ended without an SMTP reply (held, or not buildable): the next may try."""
@@ -179,7 +209,7 @@ class Outbound:
     def _end_probe(self, provider: str) -> None:
         probe = self._probes.pop(provider, None)
         if probe is not None:
-            probe.ended.set()
+            probe.end()
 
     def probe_sending(self, provider: str) -> None:
         """The probe to `provider` starts its SMTP attempt: the others' patience counts from now
