@@ -185,6 +185,10 @@ class Daemon:
 
     async def serve(self, stop: asyncio.Event) -> Report:
         """Run until `stop` is set, then drain and return what was done."""
+        async with self.store.checkpointing():
+            return await self._serve(stop)
+
+    async def _serve(self, stop: asyncio.Event) -> Report:
         # Build processes start beside the rest; until they are ready, messages are built here.
         builders = asyncio.create_task(self._start_builders())
         try:

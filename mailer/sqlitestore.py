@@ -28,6 +28,7 @@ from mailer.leads import Lead
 from mailer.lifecycle import MessageState, check_transition
 from mailer.schema import MIGRATIONS
 from mailer.sqlitebounces import BounceTables
+from mailer.sqlitecheckpoint import Checkpointer
 from mailer.sqliteconsent import SUPPRESSIONS_OF_LEAD, ConsentTables, suppressions_column
 from mailer.sqlitereport import ReportQueries
 from mailer.sqlitereputation import ReputationQueries
@@ -100,6 +101,17 @@ class SQLiteStore(
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
+
+    @asynccontextmanager
+    async def checkpointing(self) -> AsyncIterator[None]:
+        """While open, a connection of its own writes the log back into the database file, so
+        the writers' commits never do (mailer.sqlitecheckpoint): the daemon serves in one."""
+        checkpointer = Checkpointer(self.path, self.db, busy_timeout=self.busy_timeout)
+        await checkpointer.start()
+        try:
+            yield
+        finally:
+            await checkpointer.stop()
 
     async def _pragma(self, sql: str) -> Any:
         async with self.db.execute(sql) as cursor:
@@ -376,12 +388,16 @@ class SQLiteStore(
         if not updates:
             return
         stamp = ms(now)
+        # Written in the order of the rows' keys, not the order they fell due: with many
+        # leads each due enrollment sits on its own page, and walking the pages in key order
+        # cut the writes of a 10,000-step tick among 1,000,000 leads by a third (bench/scale.py).
+        by_enrollment = sorted(updates, key=lambda u: u.enrollment_id)
         async with self.transaction():
             await self.db.executemany(
                 "UPDATE enrollments SET step_index = ?, state = ?, due_at = ?, updated_at = ? WHERE id = ?",
                 [
                     (u.step_index, u.state, ms(u.due_at) if u.due_at else None, stamp, u.enrollment_id)
-                    for u in updates
+                    for u in by_enrollment
                 ],
             )
             await self.db.executemany(
@@ -417,7 +433,7 @@ class SQLiteStore(
                         u.message.step_id if u.message else u.detail.get("step"),
                         json.dumps(u.detail, ensure_ascii=False),
                     )
-                    for u in updates
+                    for u in sorted(updates, key=lambda u: u.lead_id)  # events_lead's order
                 ],
             )
 

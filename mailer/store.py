@@ -7,6 +7,7 @@ a PostgreSQL store can be added later without touching them.
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Any, Protocol
@@ -254,6 +255,9 @@ class Store(Protocol):
     async def close(self) -> None: ...
     async def __aenter__(self) -> Store: ...
     async def __aexit__(self, *exc: object) -> None: ...
+    def checkpointing(self) -> AbstractAsyncContextManager[None]:
+        """While open, the journal is written back beside the writers, not in their commits."""
+        ...
 
     # leads and lists
     async def upsert_leads(
