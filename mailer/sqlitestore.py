@@ -240,6 +240,10 @@ class SQLiteStore(
         rows = await self._fetchall("SELECT count(*) FROM leads")
         return int(rows[0][0])
 
+    async def last_lead_id(self) -> int:
+        rows = await self._fetchall("SELECT max(id) FROM leads")
+        return int(rows[0][0] or 0)
+
     async def lead_events(self, lead_id: int) -> list[EventRecord]:
         rows = await self._fetchall(
             "SELECT at, type, scenario, step_id, data FROM events WHERE lead_id = ? ORDER BY at, id",
@@ -258,11 +262,13 @@ class SQLiteStore(
         now: datetime,
         after_lead_id: int,
         limit: int,
+        through_lead_id: int | None = None,
     ) -> list[Lead]:
         """Leads that may enter: confirmed in the list (if any), not suppressed, not already in it.
 
         A lead that went through the scenario may enter again only when re-entry is allowed
-        and its last enrollment ended at least `reentry_after` ago.
+        and its last enrollment ended at least `reentry_after` ago. Lead ids after
+        `after_lead_id`, and up to `through_lead_id` when given.
         """
         source = "leads l"
         params: list[Any] = []
@@ -283,12 +289,12 @@ class SQLiteStore(
         rows = await self._fetchall(
             f"""
             SELECT {_LEAD_COLUMNS} FROM {source}
-            WHERE l.id > ? {list_clause}
+            WHERE l.id > ? AND l.id <= ? {list_clause}
               AND NOT {_GLOBALLY_SUPPRESSED}
               AND NOT EXISTS (SELECT 1 FROM enrollments e WHERE {enrolled})
             ORDER BY l.id LIMIT ?
             """,
-            [after_lead_id, *params, *enrolled_params, limit],
+            [after_lead_id, through_lead_id if through_lead_id is not None else 2**63 - 1, *params, *enrolled_params, limit],
         )
         return [_lead(row) for row in rows]
 

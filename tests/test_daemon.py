@@ -311,3 +311,25 @@ async def test_with_a_bounce_domain_every_message_has_its_own_signed_verp_sender
             assert ref.message_id == str(item.parsed()["Message-ID"])
             found.add(row)
     assert len(found) == 50
+
+
+async def test_the_entry_pass_goes_window_by_window_and_misses_nobody(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With windows of 7 lead ids and pages of 3, every one of 50 list members enters, once, with a lead
+    outside the list in between."""
+    import mailer.daemon
+
+    monkeypatch.setattr(mailer.daemon, "ENTRY_WINDOW", 7)
+    monkeypatch.setattr(mailer.daemon, "ENTRY_PAGE", 3)
+    write_workspace(tmp_path)
+    config = make_config(tmp_path, 2525)
+    async with SQLiteStore(config.store) as store:
+        await store.upsert_leads(make_leads(20), list_name="signups", now=MONDAY_8AM)
+        await store.upsert_leads([Lead(email="outsider@example.com")], list_name=None, now=MONDAY_8AM)
+        await store.upsert_leads(make_leads(50), list_name="signups", now=MONDAY_8AM)  # 30 more after it
+        daemon = Daemon(config=config, store=store, clock=FakeClock(MONDAY_8AM))
+        assert await daemon.enter_leads(MONDAY_8AM) == 50
+        assert await daemon.enter_leads(MONDAY_8AM) == 0
+    with sqlite3.connect(config.store) as db:
+        assert db.execute("SELECT count(DISTINCT lead_id), count(*) FROM enrollments").fetchone() == (50, 50)

@@ -742,3 +742,14 @@ async def test_a_due_enrollment_knows_its_previous_message_is_still_pending(stor
     await store.db.execute("UPDATE enrollments SET due_at = ? WHERE id = ?", (ms(T0), enrollment))
     [due] = await store.due_enrollments(now=T0, limit=10, scenarios=["nurture"])
     assert due.previous_pending_until == T0 + timedelta(hours=2)
+
+
+async def test_entry_candidates_stop_at_through_lead_id(store: SQLiteStore) -> None:
+    """`through_lead_id` bounds the ids one query looks through, so a pass can go window by window."""
+    await store.upsert_leads(leads("a@example.com", "b@example.com", "c@example.com"), list_name="signups", now=T0)
+    a, b = await lead_id(store, "a@example.com"), await lead_id(store, "b@example.com")
+    found = await store.entry_candidates(
+        scenario="nurture", list_name="signups", reentry_after=None, now=T0, after_lead_id=a, through_lead_id=b, limit=10
+    )
+    assert [lead.email for lead in found] == ["b@example.com"]
+    assert await store.last_lead_id() == await lead_id(store, "c@example.com")
