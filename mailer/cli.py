@@ -166,6 +166,8 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--ip", default=None, help="the IP address mail leaves from (for SPF and reverse DNS)")
     check.add_argument("--selector", default=None, help="the DKIM selector (default: [dkim] selector when a key is configured)")
     check.add_argument("--dkim-key", type=Path, default=None, help="the DKIM private key (PEM) to compare with DNS")
+    check.add_argument("--ed25519-selector", default=None, help="the second (Ed25519) signature's selector (default: from [dkim])")
+    check.add_argument("--ed25519-key", type=Path, default=None, help="its private key (PEM) to compare with DNS")
     check.add_argument("--return-path-domain", default=None, help="the envelope sender's domain (default: DOMAIN)")
     check.add_argument("--nameserver", default=None, metavar="HOST[:PORT]", help="ask this DNS server, not the system's")
     check.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -505,6 +507,11 @@ def _check_domain(args: argparse.Namespace) -> int:
     key_file = config.dkim.private_key_file if configured else ""
     selector = args.selector or (config.dkim.selector if key_file else None)
     dkim_key = args.dkim_key or (Path(key_file) if key_file and selector == config.dkim.selector else None)
+    second_file = config.dkim.ed25519_key_file if configured else ""
+    second_selector = args.ed25519_selector or (config.dkim.selector_for("ed25519") if second_file else None)
+    second_key = args.ed25519_key or (
+        Path(second_file) if second_file and second_selector == config.dkim.selector_for("ed25519") else None
+    )
     report = asyncio.run(
         check_domain(
             args.domain,
@@ -512,6 +519,8 @@ def _check_domain(args: argparse.Namespace) -> int:
             ip=args.ip,
             selector=selector,
             dkim_key=dkim_key,
+            ed25519_selector=second_selector,
+            ed25519_key=second_key,
             return_path_domain=args.return_path_domain,
             relay_tls=config.relay.tls != "none" if configured else None,
             helo=config.relay.helo if configured else "",

@@ -110,8 +110,16 @@ async def _check_spf(resolver: dns.asyncresolver.Resolver, domain: str, ip: str 
 
 
 async def _check_dkim(
-    resolver: dns.asyncresolver.Resolver, domain: str, selector: str | None, key: PrivateKey | None, key_file: Path | None
+    resolver: dns.asyncresolver.Resolver,
+    domain: str,
+    selector: str | None,
+    key: PrivateKey | None,
+    key_file: Path | None,
+    *,
+    check: str = "dkim",
+    key_type: str | None = None,
 ) -> Finding:
+    """The key record at the selector; `key_type` ("rsa", "ed25519") when it must be of that type."""
     if selector is None:
         return Finding(
             "dkim", "fail", "no DKIM selector configured: messages go out unsigned",
@@ -122,36 +130,51 @@ async def _check_dkim(
     if key is not None:
         publish = zone_txt(name, public_key_record(key))
     else:
-        publish = f'{name}. TXT "v=DKIM1; k=rsa; p=<public key>"  (pass --dkim-key FILE for the exact record)'
+        kind = key_type or "rsa"
+        publish = f'{name}. TXT "v=DKIM1; k={kind}; p=<public key>"  (pass the key file for the exact record)'
     answer = await _ask(resolver, name, "TXT")
     if answer.error:
-        return _temporary("dkim", answer)
+        return _temporary(check, answer)
     if not answer.records:
-        return Finding("dkim", "fail", f"no key record at {name}", publish, hard=True)
+        return Finding(check, "fail", f"no key record at {name}", publish, hard=True)
     if len(answer.records) > 1:
         # RFC 6376 3.6.2.2: with several TXT records at the name, verification results are undefined.
-        return Finding("dkim", "fail", f"{len(answer.records)} TXT records at {name}; publish exactly one", publish, hard=True)
+        return Finding(check, "fail", f"{len(answer.records)} TXT records at {name}; publish exactly one", publish, hard=True)
     try:
         record = parse_dkim_key_record(answer.records[0])
     except InvalidDKIMRecord as error:
-        return Finding("dkim", "fail", f"the record at {name} is invalid: {error}", publish, hard=True)
+        return Finding(check, "fail", f"the record at {name} is invalid: {error}", publish, hard=True)
     if record.public_key is None:
-        return Finding("dkim", "fail", f"the key at {name} is revoked (empty p=)", publish, hard=True)
+        return Finding(check, "fail", f"the key at {name} is revoked (empty p=)", publish, hard=True)
     about = f"{name}: {record.key_type} key, {record.bits} bits"
+    if key_type is not None and record.key_type != key_type:
+        return Finding(check, "fail", f"{about}, but this selector signs with {key_type}", publish, hard=True)
     if key is not None:
         if not same_public_key(record.public_key, key.public_key()):
-            return Finding("dkim", "fail", f"{about}, but not the public half of {key_file}", publish, hard=True)
+            return Finding(check, "fail", f"{about}, but not the public half of {key_file}", publish, hard=True)
         about += f", matches {key_file}"
     if record.key_type == "rsa" and record.bits < 1024:
         # RFC 8301 3.2: verifiers MUST NOT accept signatures made with RSA keys under 1024 bits.
-        return Finding("dkim", "fail", f"{about}: under 1024 bits, verifiers ignore it", publish, hard=True)
+        return Finding(check, "fail", f"{about}: under 1024 bits, verifiers ignore it", publish, hard=True)
     if record.key_type == "rsa" and record.bits < 2048:
         # RFC 8301 3.2: signers SHOULD use RSA keys of at least 2048 bits.
-        return Finding("dkim", "warn", f"{about}: RFC 8301 asks for 2048 bits", "generate a 2048-bit key and publish it under a new selector")
+        return Finding(check, "warn", f"{about}: RFC 8301 asks for 2048 bits", "generate a 2048-bit key and publish it under a new selector")
     if record.testing:
         # RFC 6376 3.6.1: receivers treat mail signed with a t=y key as unsigned.
-        return Finding("dkim", "warn", f"{about}, but t=y (testing): receivers treat the mail as unsigned", publish)
-    return Finding("dkim", "pass", about)
+        return Finding(check, "warn", f"{about}, but t=y (testing): receivers treat the mail as unsigned", publish)
+    return Finding(check, "pass", about)
+
+
+async def _check_ed25519(
+    resolver: dns.asyncresolver.Resolver, domain: str, selector: str, key: PrivateKey | None, key_file: Path | None
+) -> Finding:
+    """The key of the second signature (RFC 8463). A missing or wrong one only warns: receivers
+    treat a signature that does not verify as absent (RFC 6376 6.1), and the RSA signature,
+    which every receiver verifies, still carries the mail."""
+    found = await _check_dkim(resolver, domain, selector, key, key_file, check="dkim-ed25519", key_type="ed25519")
+    if found.status != "fail":
+        return found
+    return Finding(found.check, "warn", f"{found.detail}; receivers ignore the Ed25519 signature, the RSA one still counts", found.fix)
 
 
 async def _check_dmarc(resolver: dns.asyncresolver.Resolver, domain: str) -> tuple[Finding, DMARCRecord | None]:
@@ -308,13 +331,16 @@ async def check_domain(
     relay_tls: bool | None = None,
     helo: str = "",
     dkim_domain: str | None = None,
+    ed25519_selector: str | None = None,
+    ed25519_key: Path | None = None,
 ) -> DomainReport:
     """Check a sending domain in DNS and judge it against the bulk-sender rules.
 
     `ip` is the address mail leaves from; `selector` the DKIM selector (None: unsigned);
     `dkim_key` the PEM private key to compare with the published one; `return_path_domain`
     the envelope sender's domain (default: `domain`); `dkim_domain` the d= (default:
-    `domain`); `relay_tls` whether the relay connection is encrypted (None: unknown).
+    `domain`); `relay_tls` whether the relay connection is encrypted (None: unknown);
+    `ed25519_selector` and `ed25519_key` the second signature's (RFC 8463), when there is one.
     Raises `UserError` for a malformed domain, IP, selector or key file.
     """
     domain = _domain_name(domain, "domain")
@@ -325,8 +351,16 @@ async def check_domain(
         raise UserError(f"{selector!r} is not a DKIM selector", field="selector", hint="for example mailer or s2025")
     if dkim_key is not None and selector is None:
         raise UserError("a DKIM key needs its selector", field="selector", hint="pass --selector too")
+    if ed25519_selector is not None and not _SELECTOR.fullmatch(ed25519_selector.strip().lower()):
+        raise UserError(f"{ed25519_selector!r} is not a DKIM selector", field="ed25519_selector", hint="for example mailer-ed25519")
+    if ed25519_key is not None and ed25519_selector is None:
+        raise UserError("an Ed25519 key needs its selector", field="ed25519_selector", hint="pass --ed25519-selector too")
     key = load_private_key(dkim_key) if dkim_key is not None else None
+    second_key = load_private_key(ed25519_key) if ed25519_key is not None else None
     selector = selector.strip().lower() if selector is not None else None
+    second = [] if ed25519_selector is None else [
+        _check_ed25519(resolver, signing_domain, ed25519_selector.strip().lower(), second_key, ed25519_key)
+    ]  # fmt: skip
 
     checks = asyncio.gather(
         _check_spf(resolver, spf_domain, address, helo),
@@ -341,11 +375,15 @@ async def check_domain(
             _check_mx(resolver, "mx", domain, role="From domain", bounces=False),
             _check_mx(resolver, "bounce-mx", spf_domain, role="bounce domain", bounces=True),
         ]
-    (spf, dkim, (dmarc, record), fcrdns), mx = await asyncio.gather(checks, asyncio.gather(*mx_checks))
+    (spf, dkim, (dmarc, record), fcrdns), mx, ed25519 = await asyncio.gather(
+        checks, asyncio.gather(*mx_checks), asyncio.gather(*second)
+    )
     aligned = _judge_alignment(
         record, domain=domain, dkim_domain=signing_domain if selector else None, spf_domain=spf_domain, dkim=dkim, spf=spf
     )
-    findings = (spf, dkim, dmarc, aligned, *mx, fcrdns, _judge_tls(relay_tls), _judge_unsubscribe(selector is not None))
+    findings = (
+        spf, dkim, *ed25519, dmarc, aligned, *mx, fcrdns, _judge_tls(relay_tls), _judge_unsubscribe(selector is not None)
+    )  # fmt: skip
     result = verdict(findings)
     return DomainReport(domain, findings, result.ready, result.hard_failures, result.unmet)
 

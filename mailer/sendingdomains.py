@@ -216,6 +216,8 @@ async def _check(config: Config, resolver: dns.asyncresolver.Resolver, domain: s
         domain, resolver=resolver, ip=sender.ip, helo=sender.helo, relay_tls=sender.relay_tls,
         selector=dkim.selector if dkim.private_key_file else None,
         dkim_key=Path(dkim.private_key_file) if dkim.private_key_file else None,
+        ed25519_selector=dkim.selector_for("ed25519") if dkim.private_key_file and dkim.ed25519_key_file else None,
+        ed25519_key=Path(dkim.ed25519_key_file) if dkim.private_key_file and dkim.ed25519_key_file else None,
         return_path_domain=config.bounces.domain or domain_of_address(identity.envelope_sender),
         dkim_domain=dkim.domain or None,
     )  # fmt: skip

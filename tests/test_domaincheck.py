@@ -158,6 +158,51 @@ async def test_short_rsa_keys_warn_and_ed25519_keys_pass(dns_server: ZoneServer,
     assert dkim.status == "pass" and "ed25519" in dkim.detail and "matches" in dkim.detail
 
 
+EDWARDS = ed25519.Ed25519PrivateKey.generate()
+
+
+def pem(key: PrivateKey, path: Path) -> Path:
+    path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    return path
+
+
+async def test_the_ed25519_selector_is_checked_beside_the_rsa_one(dns_server: ZoneServer, tmp_path: Path) -> None:
+    """With a second (Ed25519) selector, its record is checked too: a matching key passes after the RSA finding."""
+    zones = world()
+    zones["mailer-ed25519._domainkey.good.example"] = [{"TXT": public_key_record(EDWARDS)}]
+    dns_server.set_zones(zones)
+    report = await check(dns_server, "good.example", ed25519_selector="mailer-ed25519", ed25519_key=pem(EDWARDS, tmp_path / "ed.pem"))
+    assert [item.check for item in report.findings][:3] == ["spf", "dkim", "dkim-ed25519"]
+    second = finding(report, "dkim-ed25519")
+    assert second.status == "pass" and "ed25519" in second.detail and "matches" in second.detail
+    assert report.ready
+
+
+@pytest.mark.parametrize(
+    ("published", "expected"),
+    [
+        (None, "no key record at mailer-ed25519._domainkey.good.example"),
+        (ed25519.Ed25519PrivateKey.generate(), "not the public half of"),
+        (KEY, "but this selector signs with ed25519"),
+    ],
+)
+async def test_a_missing_or_wrong_ed25519_key_warns_and_never_stops_sending(
+    dns_server: ZoneServer, tmp_path: Path, published: PrivateKey | None, expected: str
+) -> None:
+    """A missing, foreign or RSA key at the Ed25519 selector is a warning with the record to publish: the RSA
+    signature still carries the mail, so the domain stays ready and nothing is hard."""
+    zones = world()
+    if published is not None:
+        zones["mailer-ed25519._domainkey.good.example"] = [{"TXT": public_key_record(published)}]
+    dns_server.set_zones(zones)
+    report = await check(dns_server, "good.example", ed25519_selector="mailer-ed25519", ed25519_key=pem(EDWARDS, tmp_path / "ed.pem"))
+    second = finding(report, "dkim-ed25519")
+    assert second.status == "warn" and not second.hard and expected in second.detail, second
+    assert "RSA one still counts" in second.detail
+    assert second.fix.startswith('mailer-ed25519._domainkey.good.example. TXT "v=DKIM1; k=ed25519; p=')
+    assert report.ready and report.hard_failures == ()
+
+
 async def test_without_a_selector_nothing_is_signed_and_alignment_rests_on_spf(dns_server: ZoneServer) -> None:
     """No selector: DKIM and unsubscribe fail softly, and a return path of another organization leaves no alignment (hard)."""
     zones = world()
@@ -291,6 +336,19 @@ async def test_cli_exits_0_for_a_ready_domain_with_its_json_report(dns_server: Z
     assert report["ready"] is True and report["hard_failures"] == []
     # No mailer.toml here: whether the relay uses TLS is not known, a warning only.
     assert {item["check"]: item["status"] for item in report["findings"]}["tls"] == "warn"
+
+
+async def test_cli_checks_the_ed25519_selector_it_is_given(dns_server: ZoneServer, tmp_path: Path, key_file: Path) -> None:
+    """`--ed25519-selector` and `--ed25519-key` add the second key's finding to the report."""
+    dns_server.set_zones(world())
+    code, out, err = await run_cli(
+        tmp_path, "good.example", "--ip", GOOD_IP, "--selector", "mailer", "--dkim-key", str(key_file),
+        "--ed25519-selector", "mailer-ed25519", "--ed25519-key", str(pem(EDWARDS, tmp_path / "ed.pem")),
+        "--nameserver", f"127.0.0.1:{dns_server.port}", "--json",
+    )  # fmt: skip
+    assert code == 0, err
+    statuses = {item["check"]: item["status"] for item in json.loads(out)["findings"]}
+    assert statuses["dkim"] == "pass" and statuses["dkim-ed25519"] == "warn"
 
 
 async def test_cli_exits_1_for_a_broken_domain_and_prints_the_fixes(dns_server: ZoneServer, tmp_path: Path) -> None:
