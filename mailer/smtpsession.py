@@ -179,8 +179,11 @@ class SMTPSession(asyncio.Protocol):
         protocol, transport = client.protocol, client.transport
         if protocol is None or not isinstance(transport, asyncio.Transport) or transport.is_closing():
             raise aiosmtplib.SMTPServerDisconnected("Connection lost")
-        if protocol._buffer:  # bytes after the last reply: no server sends any unasked
-            raise _protocol_error(f"Unexpected data after the server's reply: {bytes(protocol._buffer[:80])!r}")
+        # aiosmtplib keeps the bytes it has not parsed in a private buffer (pinned below 6 in
+        # pyproject.toml); bytes after the last reply mean a server speaking unasked.
+        unread = bytes(getattr(protocol, "_buffer", b""))
+        if unread:
+            raise _protocol_error(f"Unexpected data after the server's reply: {unread[:80]!r}")
         session = cls(transport, frozenset(client.esmtp_extensions))
         transport.set_protocol(session)
         return session
