@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from mailer.compose import Composed, Composer
 from mailer.config import Config
-from mailer.dkim import DKIMSigner, load_private_key, sign_message
+from mailer.dkim import DKIMSigner, load_private_key, parse_private_key, sign_message
 from mailer.errors import HeaderInjectionError, MailerError, TemplateError
 from mailer.leads import Lead
 from mailer.links import Links
@@ -59,6 +59,26 @@ class Built:
     smtputf8: bool
 
 
+@dataclass(frozen=True)
+class BuildKeys:
+    """The secrets that sign links and the DKIM keys, read from their files once, by the daemon.
+
+    Every builder signs with these, a build process started again an hour later too, so links
+    always verify with the keys the daemon's tracking endpoints hold, even when the files were
+    rotated on disk meanwhile (the daemon reads them again when it restarts)."""
+
+    secrets: tuple[bytes, ...]
+    dkim_pems: tuple[tuple[Path, bytes], ...]  # (file, PEM): the RSA key, then the Ed25519 one
+
+    @classmethod
+    def load(cls, config: Config) -> BuildKeys:
+        """Raises ConfigError or DKIMKeyError naming the file that cannot be used."""
+        files = [Path(f) for f in (config.dkim.private_key_file, config.dkim.ed25519_key_file) if f]
+        for file in files:
+            load_private_key(file)  # a key that cannot sign is refused here, naming its file
+        return cls(tuple(config.secret_keys()), tuple((file, file.read_bytes()) for file in files))
+
+
 class BuildFailed(MailerError):
     """This message cannot be built, ever: it fails (the error says why)."""
 
@@ -70,13 +90,14 @@ class BuildUnavailable(Exception):
 class MessageBuilder:
     """Composes and signs messages from the workspace's templates, links key and DKIM keys."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, keys: BuildKeys | None = None) -> None:
         self.config = config
-        links = Links(Signer(config.secret_keys()), config.tracking.public_base)
+        keys = keys or BuildKeys.load(config)
+        links = Links(Signer(keys.secrets), config.tracking.public_base)
         renderer = Renderer(config.templates)
         self.composer = Composer(renderer, config.identities, links=links, config=config)
         self.optin = OptInMailer(config=config, links=links, renderer=renderer)
-        self.dkim_keys = [load_private_key(Path(f)) for f in (config.dkim.private_key_file, config.dkim.ed25519_key_file) if f]
+        self.dkim_keys = [parse_private_key(pem, file) for file, pem in keys.dkim_pems]
         self._signers: dict[str, list[DKIMSigner]] = {}
         self.scenarios: dict[str, Scenario] = {}
 
@@ -137,8 +158,8 @@ class LocalBuilders:
     """Builds in the daemon's own process, on the event loop (a message takes about a
     millisecond: fine for a few hundred a second, and for one core)."""
 
-    def __init__(self, config: Config) -> None:
-        self.builder = MessageBuilder(config)
+    def __init__(self, config: Config, keys: BuildKeys | None = None) -> None:
+        self.builder = MessageBuilder(config, keys)
 
     async def start(self) -> None:
         return None

@@ -9,7 +9,7 @@ breakers, SMTP, the store), so no decision is split between processes.
 
 The pipe: each frame is a 4-byte big-endian length and a pickle. Pickle is safe here: both
 ends are this program, started by the daemon, over the child's own stdin and stdout. Frames
-to a child: the config (first), the scenarios (at start and after every reload, so a job
+to a child: the config and the daemon's keys (first), the scenarios (at start and after every reload, so a job
 always meets the scenarios its parent had when it was sent), jobs in small batches; from a
 child: one frame of results per batch, in the batch's order.
 
@@ -32,7 +32,7 @@ import time
 from collections.abc import Sequence
 from typing import Any, BinaryIO
 
-from mailer.builders import BuildFailed, BuildJob, Built, BuildUnavailable, MessageBuilder
+from mailer.builders import BuildFailed, BuildJob, BuildKeys, Built, BuildUnavailable, MessageBuilder
 from mailer.config import Config
 from mailer.scenario import Scenario
 
@@ -84,10 +84,11 @@ def build_one(builder: MessageBuilder, job: BuildJob) -> Result:
 
 def serve(stdin: BinaryIO, stdout: BinaryIO) -> None:
     """The child's loop: config, then scenarios and batches, until stdin closes."""
-    config = _read(stdin)
-    if config is None:
+    first = _read(stdin)
+    if first is None:
         return
-    builder = MessageBuilder(config)
+    config, keys = first
+    builder = MessageBuilder(config, keys)
     stdout.write(frame("ready"))
     stdout.flush()
     while (message := _read(stdin)) is not None:
@@ -147,8 +148,9 @@ class _Child:
 class BuildProcesses:
     """`processes` children building messages; `build` is awaited by the daemon's workers."""
 
-    def __init__(self, config: Config, processes: int) -> None:
+    def __init__(self, config: Config, processes: int, keys: BuildKeys | None = None) -> None:
         self.config = config
+        self.keys = keys or BuildKeys.load(config)  # the daemon's: a restarted child signs with them too
         self._children = [_Child(n) for n in range(processes)]
         self._scenarios: dict[str, Scenario] = {}
         self._queued: list[tuple[BuildJob, asyncio.Future[Built]]] = []
@@ -176,7 +178,7 @@ class BuildProcesses:
         )  # fmt: skip
         assert process.stdin is not None and process.stdout is not None
         child.process = process
-        child.write(frame(self.config))
+        child.write(frame((self.config, self.keys)))
         child.write(frame(("scenarios", self._scenarios)))
         try:
             ready = await asyncio.wait_for(self._receive(process.stdout), START_TIMEOUT)
@@ -241,7 +243,7 @@ class BuildProcesses:
 
     def _build_here(self, queued: list[tuple[BuildJob, asyncio.Future[Built]]]) -> None:
         if self._local is None:
-            self._local = MessageBuilder(self.config)
+            self._local = MessageBuilder(self.config, self.keys)
         self._local.load(self._scenarios)
         for job, future in queued:
             if future.done():

@@ -38,7 +38,7 @@ from mailer.config import Config, IdentityConfig
 from mailer.errors import MailerError, ScenarioError
 from mailer.lifecycle import MessageState
 from mailer.links import Links
-from mailer.builders import BuildFailed, BuildJob, Builders, BuildUnavailable, LocalBuilders
+from mailer.builders import BuildFailed, BuildJob, BuildKeys, Builders, BuildUnavailable, LocalBuilders
 from mailer.buildprocesses import BATCH, BuildProcesses
 from mailer.tracking import TrackingServer
 from mailer.mime import make_message_id, wire_address
@@ -134,16 +134,17 @@ class Daemon:
             thresholds=(warmup.complaint_warn, warmup.complaint_stop), allow_failing=config.delivery.allow_failing_domains
         )
         # Every message's links (pixel, clicks, unsubscribe) are signed with the workspace key.
-        self.links = Links(Signer(config.secret_keys()), config.tracking.public_base)
+        self.keys = BuildKeys.load(config)  # read once: builders, even restarted ones, sign with these
+        self.links = Links(Signer(self.keys.secrets), config.tracking.public_base)
         # Messages are built (rendered, DKIM-signed) here, or by build processes once serving
         # (mailer.buildprocesses, [delivery] build_processes).
-        self.builders: Builders = LocalBuilders(config)
+        self.builders: Builders = LocalBuilders(config, self.keys)
         self._sessions = asyncio.Semaphore(config.delivery.concurrency)  # SMTP transactions at once
         self._workers: list[asyncio.Task[None]] = []
         self.tracker: TrackingServer | None = None
         self.retry = RetryPolicy.from_config(config.retry)
         self.bounce_policy = BouncePolicy(config.bounces.soft_limit, config.bounces.soft_window)
-        self.signer = Signer(config.secret_keys()) if config.bounces.domain else None
+        self.signer = Signer(self.keys.secrets) if config.bounces.domain else None
         self.on_outcome = on_outcome
         self.report = Report()
         self.scenarios: dict[str, Scenario] = {}
@@ -501,7 +502,7 @@ class Daemon:
         processes = self.config.delivery.builders(os.cpu_count())
         if processes < 1 or not isinstance(self.builders, LocalBuilders):
             return
-        builders = BuildProcesses(self.config, processes)
+        builders = BuildProcesses(self.config, processes, self.keys)
         builders.load(self.scenarios)
         try:
             await builders.start()

@@ -98,13 +98,18 @@ def load_private_key(path: Path) -> PrivateKey:
 
     Raises `DKIMKeyError` naming the file when it cannot be used.
     """
-    hint = _KEY_HINT.format(file=path)
     try:
         pem = path.read_bytes()
     except OSError as error:
         raise DKIMKeyError(
-            f"cannot read the DKIM key ({error.strerror})", file=str(path), hint=hint
+            f"cannot read the DKIM key ({error.strerror})", file=str(path), hint=_KEY_HINT.format(file=path)
         ) from None
+    return parse_private_key(pem, path)
+
+
+def parse_private_key(pem: bytes, path: Path) -> PrivateKey:
+    """The RSA or Ed25519 key in `pem`, read from the file at `path` (named in errors)."""
+    hint = _KEY_HINT.format(file=path)
     try:
         key = serialization.load_pem_private_key(pem, password=None)
     except TypeError:  # what cryptography raises for a key that needs a password

@@ -24,7 +24,7 @@ import dkim
 import pytest
 
 from conftest import ONE_STEP, SERVE_CONFIG, THREE_STEPS, make_config, make_leads, write_workspace
-from mailer.builders import BuildFailed, BuildJob, Built, BuildUnavailable, LocalBuilders
+from mailer.builders import BuildFailed, BuildJob, BuildKeys, Built, BuildUnavailable, LocalBuilders
 from mailer.buildprocesses import BATCH, BuildProcesses
 from mailer.clock import FakeClock
 from mailer.config import Config, DeliveryConfig, load_config
@@ -120,8 +120,10 @@ def resubjected(scenarios: dict[str, Scenario], subject: str) -> dict[str, Scena
 
 
 @asynccontextmanager
-async def build_processes(config: Config, scenarios: dict[str, Scenario], processes: int) -> AsyncIterator[BuildProcesses]:
-    builders = BuildProcesses(config, processes)
+async def build_processes(
+    config: Config, scenarios: dict[str, Scenario], processes: int, keys: BuildKeys | None = None
+) -> AsyncIterator[BuildProcesses]:
+    builders = BuildProcesses(config, processes, keys)
     builders.load(scenarios)
     await builders.start()
     try:
@@ -239,6 +241,47 @@ async def _build_when_up(builders: BuildProcesses, job: BuildJob, timeout: float
             if time.monotonic() > deadline:
                 raise
             await asyncio.sleep(0.05)
+
+
+def _header(wire: bytes, name: bytes) -> bytes:
+    found = re.search(rb"^" + name + rb": (.*(?:\r\n[ \t].*)*)", wire, re.M | re.I)
+    assert found is not None, wire[:400]
+    return found.group(1)
+
+
+async def test_a_restarted_child_signs_with_the_keys_read_at_start_not_the_rotated_files(tmp_path: Path, dkim_key: Path) -> None:
+    """The secret and DKIM key files replaced on disk, then the child killed: its replacement still signs links
+    and DKIM with the keys the daemon read at start (those its tracker verifies), not the new files."""
+    key = tmp_path / "dkim-live.pem"
+    key.write_bytes(dkim_key.read_bytes())
+    config, scenarios = workspace(tmp_path, dkim_key=key)
+    keys = BuildKeys.load(config)
+    record = public_key_record(load_private_key(key)).encode()
+
+    def dnsfunc(name: bytes, timeout: int = 5) -> bytes | None:
+        return record if name == f"{SELECTOR}._domainkey.acme.example.".encode() else None
+
+    job = jobs(1)[0]
+    async with build_processes(config, scenarios, 1, keys) as builders:
+        [first] = build_children(os.getpid())
+        key.unlink()
+        generate_rsa_key(key)  # rotated on disk
+        config.secret_key_file.write_text("a-new-secret-that-is-long-enough-0123456789\n", encoding="utf-8")
+        child = builders._children[0]
+        killed = child.reader
+        os.kill(first, signal.SIGKILL)
+        await eventually(lambda: child.reader not in (None, killed) and not child.reader.done(), 10, "a new child, ready")
+        built = await asyncio.wait_for(builders.build(job), 5)
+        assert builders._local is None, "the new child built it, not the daemon's fallback"
+    local = LocalBuilders(config, keys)
+    local.load(scenarios)
+    expected = await local.build(job)
+    reread = LocalBuilders(config)  # what reading the files again would sign with
+    reread.load(scenarios)
+    rotated = await reread.build(job)
+    assert _header(built.wire, b"List-Unsubscribe") == _header(expected.wire, b"List-Unsubscribe")
+    assert _header(rotated.wire, b"List-Unsubscribe") != _header(expected.wire, b"List-Unsubscribe")
+    assert dkim.verify(built.wire, dnsfunc=dnsfunc) and not dkim.verify(rotated.wire, dnsfunc=dnsfunc)
 
 
 def _answer_pipe(builders: BuildProcesses, pid: int) -> str:
