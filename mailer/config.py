@@ -376,6 +376,12 @@ def parse_config(raw: dict[str, Any], *, text: str = "", path: Path | None = Non
         value = getattr(config.dkim, name)
         if value and not Path(value).is_absolute():
             config = dataclasses.replace(config, dkim=dataclasses.replace(config.dkim, **{name: str(base / value)}))
+    if config.dkim.ed25519_key_file and not config.dkim.private_key_file:
+        raise where.error(
+            "dkim.ed25519_key_file", "an Ed25519 signature goes beside an RSA one, not alone",
+            "set [dkim] private_key_file too: many receivers verify only RSA signatures and treat mail whose"
+            " only signature they cannot verify as unsigned (RFC 6376 6.1)",
+        )  # fmt: skip
     if config.relay.ca_file and not Path(config.relay.ca_file).is_absolute():
         config = dataclasses.replace(config, relay=dataclasses.replace(config.relay, ca_file=str(base / config.relay.ca_file)))
     if config.relay.tls not in ("none", "starttls", "implicit"):

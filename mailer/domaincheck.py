@@ -33,6 +33,7 @@ import dns.exception
 import dns.name
 import dns.resolver
 import dns.reversename
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from mailer.dkim import SIGNED_HEADERS, PrivateKey, load_private_key, public_key_record
 from mailer.dmarc import DMARCRecord, InvalidDMARCRecord, alignment, organizational_domain, parse_record, select_record
@@ -174,7 +175,8 @@ async def _check_ed25519(
     found = await _check_dkim(resolver, domain, selector, key, key_file, check="dkim-ed25519", key_type="ed25519")
     if found.status != "fail":
         return found
-    return Finding(found.check, "warn", f"{found.detail}; receivers ignore the Ed25519 signature, the RSA one still counts", found.fix)
+    detail = f"{found.detail}; receivers ignore an Ed25519 signature they cannot verify (RFC 6376 6.1), so this never stops sending"
+    return Finding(found.check, "warn", detail, found.fix)
 
 
 async def _check_dmarc(resolver: dns.asyncresolver.Resolver, domain: str) -> tuple[Finding, DMARCRecord | None]:
@@ -357,6 +359,8 @@ async def check_domain(
         raise UserError("an Ed25519 key needs its selector", field="ed25519_selector", hint="pass --ed25519-selector too")
     key = load_private_key(dkim_key) if dkim_key is not None else None
     second_key = load_private_key(ed25519_key) if ed25519_key is not None else None
+    if second_key is not None and not isinstance(second_key, Ed25519PrivateKey):
+        raise UserError(f"{ed25519_key} is not an Ed25519 key", field="ed25519_key", hint="pass the Ed25519 key's PEM file")
     selector = selector.strip().lower() if selector is not None else None
     second = [] if ed25519_selector is None else [
         _check_ed25519(resolver, signing_domain, ed25519_selector.strip().lower(), second_key, ed25519_key)

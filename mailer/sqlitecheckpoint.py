@@ -8,9 +8,12 @@ database file is fsynced: with a million leads, 0.3 s of a 0.8 s scheduler tick 
 and the send loop's outcome batches paid the same (bench/scale.py). While the daemon serves,
 its connection does not checkpoint; this task runs PASSIVE checkpoints, which neither wait for
 nor block readers and writers, every `interval`. Should the log still grow past
-`restart_pages` (a writer that never pauses leaves no moment to start the log over), one
-RESTART checkpoint waits for the current writer so the next one starts the log from its
-beginning, and `journal_size_limit` gives the disk back.
+`restart_pages` with pages left uncopied (a writer that never pauses leaves no moment to
+start the log over), one RESTART checkpoint waits for the current writer, at most
+`RESTART_WAIT_MS`, so the next one starts the log from its beginning, and
+`journal_size_limit` gives the disk back. A RESTART holds the writers back while it waits, so
+one that cannot finish (a reader in another process keeps an old snapshot) is not tried
+again for `RESTART_BACKOFF` passes.
 
 Durability does not change: a transaction is durable once its COMMIT has fsynced the log
 (`synchronous` = FULL); a checkpoint only moves committed pages into the main file, and the
@@ -34,6 +37,8 @@ INTERVAL_SECONDS = 0.5
 RESTART_PAGES = 25_000
 JOURNAL_SIZE_LIMIT = 64 * 1024 * 1024  # bytes a log file keeps after it starts over
 AUTOCHECKPOINT_PAGES = 1000  # SQLite's default, given back to the store's connection at stop
+RESTART_WAIT_MS = 100  # a RESTART blocks new writers while it waits: keep it short
+RESTART_BACKOFF = 20  # passes (10 s) without a RESTART after one that could not finish
 
 
 class Checkpointer:
@@ -56,6 +61,7 @@ class Checkpointer:
         self.busy_timeout = busy_timeout
         self.checkpoints = 0  # completed passes, for tests and the log
         self.restarts = 0
+        self._restart_after = 0  # the pass from which a RESTART may be tried again
         self._db: aiosqlite.Connection | None = None
         self._task: asyncio.Task[None] | None = None
 
@@ -64,6 +70,8 @@ class Checkpointer:
         try:
             await self._db.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
             await self._db.execute(f"PRAGMA journal_size_limit = {JOURNAL_SIZE_LIMIT}")
+            # FULL: the database file is fsynced before the log it was copied from is reused
+            await self._db.execute("PRAGMA synchronous = FULL")
             await self.writer.execute(f"PRAGMA journal_size_limit = {JOURNAL_SIZE_LIMIT}")
             await self.writer.execute("PRAGMA wal_autocheckpoint = 0")
         except BaseException:
@@ -93,9 +101,17 @@ class Checkpointer:
         Returns the pages in the log and the pages copied to the database file."""
         assert self._db is not None, "start() first"
         _, pages, copied = await self._pragma("PRAGMA wal_checkpoint(PASSIVE)")
-        if pages > self.restart_pages:
-            busy, pages, copied = await self._pragma("PRAGMA wal_checkpoint(RESTART)")
-            if not busy:
+        # All copied: the next writer starts the log over by itself, no RESTART needed.
+        if pages > self.restart_pages and copied < pages and self.checkpoints >= self._restart_after:
+            await self._db.execute(f"PRAGMA busy_timeout = {RESTART_WAIT_MS}")
+            try:
+                busy, pages, copied = await self._pragma("PRAGMA wal_checkpoint(RESTART)")
+            finally:
+                await self._db.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
+            if busy:
+                self._restart_after = self.checkpoints + RESTART_BACKOFF
+                log.warning("the log of %s has %d pages and cannot start over yet: a reader holds it", self.path, pages)
+            else:
                 self.restarts += 1
         self.checkpoints += 1
         return pages, copied

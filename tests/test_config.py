@@ -415,3 +415,11 @@ def test_warmup_mistakes_name_their_key(tmp_path: Path, text: str, field: str) -
 def test_a_misspelt_share_suggests_the_provider(tmp_path: Path) -> None:
     """`gmal` under [warmup.shares] suggests gmail."""
     assert error_of(tmp_path, "[warmup.shares]\ngmal = 0.5\n").hint == "did you mean warmup.shares.gmail?"
+
+
+def test_an_ed25519_key_alone_is_refused_on_its_line(tmp_path: Path) -> None:
+    """`ed25519_key_file` without `private_key_file` is refused: mail signed only with Ed25519 reads as unsigned to
+    receivers that verify only RSA."""
+    error = error_of(tmp_path, '[dkim]\nselector = "s1"\ned25519_key_file = "ed.pem"\n')
+    assert (error.field, error.line) == ("dkim.ed25519_key_file", 3)
+    assert error.hint is not None and "private_key_file" in error.hint

@@ -11,6 +11,7 @@ from datetime import datetime, timedelta, timezone
 from email.message import EmailMessage
 from email.utils import parsedate_to_datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -316,8 +317,8 @@ async def test_with_a_bounce_domain_every_message_has_its_own_signed_verp_sender
 async def test_the_entry_pass_goes_window_by_window_and_misses_nobody(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """With windows of 7 lead ids and pages of 3, every one of 50 list members enters, once, with a lead
-    outside the list in between."""
+    """With windows of 7 lead ids and pages of 3, every one of 52 list members enters, once, with leads
+    outside the list in between (a window without members, short pages), each query within its window."""
     import mailer.daemon
 
     monkeypatch.setattr(mailer.daemon, "ENTRY_WINDOW", 7)
@@ -328,8 +329,47 @@ async def test_the_entry_pass_goes_window_by_window_and_misses_nobody(
         await store.upsert_leads(make_leads(20), list_name="signups", now=MONDAY_8AM)
         await store.upsert_leads([Lead(email="outsider@example.com")], list_name=None, now=MONDAY_8AM)
         await store.upsert_leads(make_leads(50), list_name="signups", now=MONDAY_8AM)  # 30 more after it
+        await store.upsert_leads(
+            [Lead(email=f"outsider{n}@example.com") for n in range(20)], list_name=None, now=MONDAY_8AM
+        )  # a whole window without a member
+        await store.upsert_leads(make_leads(52)[50:], list_name="signups", now=MONDAY_8AM)
         daemon = Daemon(config=config, store=store, clock=FakeClock(MONDAY_8AM))
-        assert await daemon.enter_leads(MONDAY_8AM) == 50
+        asked: list[tuple[int, int | None, int]] = []
+        ask = store.entry_candidates
+
+        async def spy(**arguments: Any) -> list[Lead]:
+            found = await ask(**arguments)
+            asked.append((arguments["after_lead_id"], arguments["through_lead_id"], len(found)))
+            return found
+
+        monkeypatch.setattr(store, "entry_candidates", spy)
+        assert await daemon.enter_leads(MONDAY_8AM) == 52
+        last = await store.last_lead_id()
+        assert all(through is not None and 0 < through - after <= 7 for after, through, _ in asked), asked
+        assert asked[-1][1] == last
+        assert any(found == 0 for _, _, found in asked), "a window without members"
+        assert any(0 < found < 3 for _, _, found in asked), "a short page"
         assert await daemon.enter_leads(MONDAY_8AM) == 0
     with sqlite3.connect(config.store) as db:
-        assert db.execute("SELECT count(DISTINCT lead_id), count(*) FROM enrollments").fetchone() == (50, 50)
+        assert db.execute("SELECT count(DISTINCT lead_id), count(*) FROM enrollments").fetchone() == (52, 52)
+
+
+async def test_serving_checkpoints_in_the_background(tmp_path: Path, smtp_server: CaptureServer) -> None:
+    """While `serve` runs, the store's connection leaves checkpoints to the background task (mailer.sqlitecheckpoint);
+    once it returns, the connection checkpoints in its commits again."""
+
+    async def autocheckpoint(store: SQLiteStore) -> int:
+        async with store.db.execute("PRAGMA wal_autocheckpoint") as cursor:
+            row = await cursor.fetchone()
+        assert row is not None
+        return int(row[0])
+
+    async with run_daemon(tmp_path, smtp_server) as running:
+        for _ in range(100):  # serve's first step; up to 5 s on a loaded machine
+            if await autocheckpoint(running.store) == 0:
+                break
+            await asyncio.sleep(0.05)
+        assert await autocheckpoint(running.store) == 0
+        running.stop.set()
+        await asyncio.wait_for(running.task, 10)
+        assert await autocheckpoint(running.store) == 1000

@@ -198,9 +198,16 @@ async def test_a_missing_or_wrong_ed25519_key_warns_and_never_stops_sending(
     report = await check(dns_server, "good.example", ed25519_selector="mailer-ed25519", ed25519_key=pem(EDWARDS, tmp_path / "ed.pem"))
     second = finding(report, "dkim-ed25519")
     assert second.status == "warn" and not second.hard and expected in second.detail, second
-    assert "RSA one still counts" in second.detail
+    assert "never stops sending" in second.detail
     assert second.fix.startswith('mailer-ed25519._domainkey.good.example. TXT "v=DKIM1; k=ed25519; p=')
     assert report.ready and report.hard_failures == ()
+
+
+async def test_an_rsa_key_given_as_the_ed25519_key_is_a_user_error(dns_server: ZoneServer, key_file: Path) -> None:
+    """`ed25519_key` must hold an Ed25519 key: an RSA one is refused naming the field."""
+    with pytest.raises(UserError) as raised:
+        await check(dns_server, "good.example", ed25519_selector="mailer-ed25519", ed25519_key=key_file)
+    assert raised.value.field == "ed25519_key" and "not an Ed25519 key" in str(raised.value)
 
 
 async def test_without_a_selector_nothing_is_signed_and_alignment_rests_on_spf(dns_server: ZoneServer) -> None:

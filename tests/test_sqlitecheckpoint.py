@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import time
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
+import aiosqlite
 import pytest
 
+import mailer.sqlitecheckpoint
 from mailer.sqlitecheckpoint import Checkpointer
 from mailer.sqlitestore import SQLiteStore
 
@@ -79,18 +83,82 @@ async def test_passes_run_every_interval(store: SQLiteStore) -> None:
         await checkpointer.stop()
 
 
-async def test_a_log_past_restart_pages_starts_over(store: SQLiteStore) -> None:
-    """Past `restart_pages` a RESTART pass follows, so the next write starts the log from its beginning."""
+@asynccontextmanager
+async def reader_snapshot(path: Path) -> AsyncIterator[aiosqlite.Connection]:
+    """Another connection inside a read transaction: pages written after it began cannot be
+    copied into the database file until it ends (what a report or a backup does)."""
+    reader = await aiosqlite.connect(path, isolation_level=None)
+    try:
+        await reader.execute("BEGIN")
+        async with reader.execute("SELECT count(*) FROM ballast") as cursor:
+            await cursor.fetchall()
+        yield reader
+    finally:
+        await reader.close()
+
+
+async def test_a_log_past_restart_pages_starts_over_once_a_reader_lets_go(
+    store: SQLiteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past `restart_pages` with pages a reader keeps uncopied, a RESTART waits for the reader and the next
+    write starts the log from its beginning."""
+    monkeypatch.setattr(mailer.sqlitecheckpoint, "RESTART_WAIT_MS", 10_000)
     checkpointer = Checkpointer(store.path, store.db, interval=3600, restart_pages=1_000)
     await checkpointer.start()
     try:
-        await write_pages(store)
-        await checkpointer.checkpoint()
+        async with reader_snapshot(store.path) as reader:
+            await write_pages(store)
+            passing = asyncio.create_task(checkpointer.checkpoint())
+            await asyncio.sleep(0.2)
+            assert not passing.done(), "the RESTART waits for the reader"
+            await reader.execute("COMMIT")
+            await asyncio.wait_for(passing, 10)
         assert checkpointer.restarts == 1
         await write_pages(store, rows=10)
         pages, _ = await checkpointer.checkpoint()
         assert pages < 100  # the 10 new rows and their b-tree pages, not 3,000 and more
-        assert checkpointer.restarts == 1
+    finally:
+        await checkpointer.stop()
+
+
+async def test_a_restart_a_reader_blocks_gives_up_soon_and_waits_before_trying_again(
+    store: SQLiteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A RESTART that a reader blocks ends after RESTART_WAIT_MS (writers are held back only that long) and
+    is not tried again for RESTART_BACKOFF passes; PASSIVE passes go on meanwhile."""
+    monkeypatch.setattr(mailer.sqlitecheckpoint, "RESTART_WAIT_MS", 50)
+    checkpointer = Checkpointer(store.path, store.db, interval=3600, restart_pages=1_000)
+    await checkpointer.start()
+    try:
+        async with reader_snapshot(store.path):
+            await write_pages(store)
+            began = time.monotonic()
+            pages, copied = await checkpointer.checkpoint()
+            assert time.monotonic() - began < 5
+            assert copied < pages and checkpointer.restarts == 0
+            began = time.monotonic()
+            for _ in range(mailer.sqlitecheckpoint.RESTART_BACKOFF - 1):
+                await checkpointer.checkpoint()
+            assert time.monotonic() - began < 0.04 * mailer.sqlitecheckpoint.RESTART_BACKOFF, "no RESTART waits"
+        await checkpointer.checkpoint()  # the reader is gone: PASSIVE copies everything
+        assert checkpointer.restarts == 0
+    finally:
+        await checkpointer.stop()
+
+
+async def test_an_idle_log_is_not_restarted_again_and_again(store: SQLiteStore) -> None:
+    """Once every page is copied, passes with nothing written take no RESTART: the next writer starts the log over."""
+    checkpointer = Checkpointer(store.path, store.db, interval=3600, restart_pages=1_000)
+    await checkpointer.start()
+    try:
+        await write_pages(store)
+        for _ in range(4):
+            pages, copied = await checkpointer.checkpoint()
+            assert copied == pages
+        assert checkpointer.restarts == 0
+        await write_pages(store, rows=10)
+        pages, _ = await checkpointer.checkpoint()
+        assert pages < 100
     finally:
         await checkpointer.stop()
 
