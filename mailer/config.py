@@ -811,7 +811,7 @@ batch = 500                      # leads re-scored per transaction
 [dkim]                           # sign every message (RFC 6376); empty key file = unsigned
 selector = "mailer"
 private_key_file = ""            # PEM RSA key, e.g. "dkim.pem"
-ed25519_key_file = ""            # optional second signature (RFC 8463)
+ed25519_key_file = ""            # optional second signature beside the RSA one (RFC 8463), never alone
 ed25519_selector = ""            # its own selector (one key record each); empty = "<selector>-ed25519"
 domain = ""                      # d=; empty = each identity's From domain
 
