@@ -47,8 +47,8 @@ from mailer.apiinput import (
 )
 from mailer.apikeys import bearer_token, key_hash
 from mailer.clock import Clock
-from mailer.config import Config
-from mailer.errors import ConfigError, UserError
+from mailer.config import Config, listen_address
+from mailer.errors import UserError
 from mailer.leads import Lead
 from mailer.scenario import Scenario
 from mailer.scoremodel import STAGES, NewDelivery, StageChange, WebhookEvent
@@ -81,10 +81,7 @@ class ApiServer:
         self.on_change = on_change  # wakes the scoring engine after a write
         self.on_deliveries = on_deliveries  # wakes the webhook sender after queueing calls
         self.scenarios = scenarios  # the loaded scenarios: a move may trigger one (entry: {trigger: became_SAL})
-        host, _, port = config.api.listen.rpartition(":")
-        if not host or not port.isdigit():
-            raise ConfigError(f"not host:port: {config.api.listen!r}", field="api.listen", hint='e.g. "127.0.0.1:8081"')
-        self.host, self.port = host.strip("[]"), int(port)
+        self.host, self.port = listen_address(config.api.listen, field="api.listen", example="127.0.0.1:8081")
         self._runner: web.AppRunner | None = None
         self.app = web.Application(client_max_size=MAX_BODY, middlewares=[self._errors, self._authenticate])
         self.app.add_routes(
@@ -236,35 +233,25 @@ class ApiServer:
     async def _post_events(self, request: web.Request) -> web.Response:
         now = self.clock.now()
         events = parse_events(parse_json(await request.read()), now=now)
-        new = [
-            event for event in events
-            if await self.store.record_api_event(
-                email=event.email, type=event.type, at=event.at, name=event.name, data=event.data, key=event.key, now=now,
-            )
-        ]
-        await self._announce(new, now)
+        queued: list[NewDelivery] = []
+
+        def deliveries(event: EventInput) -> list[NewDelivery]:
+            calls = self._deliveries_of(event)
+            queued.extend(calls)
+            return calls
+
+        # the events and their webhook calls in one transaction: a crash loses neither alone
+        new = await self.store.record_api_events(events, now=now, deliveries=deliveries)
+        self._queued(queued)
         if new:
             log.info("API key %s posted %d events (%d replays)", request[_KEY_NAME], len(new), len(events) - len(new))
             self._changed()
         return _json({"recorded": len(new), "replayed": len(events) - len(new)}, status=202)
 
-    async def _announce(self, events: Sequence[EventInput], now: datetime) -> None:
-        """Queue the webhook calls of newly recorded events, for the webhooks that list their type.
-
-        A second transaction after the events' own: Store.record_api_event takes no deliveries,
-        so a crash between the two loses these calls (never the events).
-        """
-        deliveries = [
-            delivery
-            for event in events
-            for delivery in deliveries_for(
-                WebhookEvent(event.type, event.at, {"email": event.email, "name": event.name, "data": event.data, "id": event.id}),
-                self.config.webhooks,
-            )
-        ]
-        if deliveries:
-            await self.store.apply_scoring((), done=(), triggers=(), deliveries=deliveries, now=now)
-            self._queued(deliveries)
+    def _deliveries_of(self, event: EventInput) -> list[NewDelivery]:
+        """The webhook calls of a newly recorded event, for the webhooks that list its type."""
+        payload = {"email": event.email, "name": event.name, "data": event.data, "id": event.id}
+        return deliveries_for(WebhookEvent(event.type, event.at, payload), self.config.webhooks)
 
     # -- plumbing ------------------------------------------------------------------------------
 

@@ -198,6 +198,8 @@ class BuildProcesses:
     def load(self, scenarios: dict[str, Scenario]) -> None:
         """Every child builds from `scenarios` from its next batch on (the pipe keeps the order)."""
         self._scenarios = scenarios
+        if self._local is not None:
+            self._local.load(scenarios)
         data = frame(("scenarios", scenarios))
         for child in self._children:
             if child.process is not None and child.process.returncode is None:
@@ -242,9 +244,9 @@ class BuildProcesses:
             child.write(data)
 
     def _build_here(self, queued: list[tuple[BuildJob, asyncio.Future[Built]]]) -> None:
-        if self._local is None:
+        if self._local is None:  # kept: its layouts are prepared once per step, not per batch
             self._local = MessageBuilder(self.config, self.keys)
-        self._local.load(self._scenarios)
+            self._local.load(self._scenarios)
         for job, future in queued:
             if future.done():
                 continue

@@ -541,9 +541,7 @@ def _check_warmup(config: Config, where: _Locator) -> None:
 
 
 def _check_tracking(tracking: TrackingConfig, where: _Locator) -> None:
-    host, _, port = tracking.listen.rpartition(":")
-    if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise where.error("tracking.listen", f"not HOST:PORT: {tracking.listen!r}", 'write e.g. "127.0.0.1:8080"')
+    _check_listen("tracking.listen", tracking.listen, where, example="127.0.0.1:8080")
     if tracking.base_url and not re.fullmatch(r"https?://[^\s/?#]+(/[^\s?#]*)?", tracking.base_url):
         raise where.error("tracking.base_url", f"not an http(s) base URL: {tracking.base_url!r}", 'write e.g. "https://t.acme.example"')
     if tracking.unsubscribe_mailto and not _is_address(tracking.unsubscribe_mailto):
@@ -556,10 +554,20 @@ def _check_tracking(tracking: TrackingConfig, where: _Locator) -> None:
             raise where.error(f"tracking.{name}", "must be more than 0", "")
 
 
-def _check_listen(dotted: str, listen: str, where: _Locator) -> None:
+def _check_listen(dotted: str, listen: str, where: _Locator, *, example: str = "127.0.0.1:8081") -> None:
+    try:
+        listen_address(listen, field=dotted, example=example)
+    except ConfigError as error:
+        raise where.error(dotted, error.problem, error.hint or "") from None
+
+
+def listen_address(listen: str, *, field: str, example: str) -> tuple[str, int]:
+    """A `listen` setting, HOST:PORT ([IPv6]:PORT), as the host and port a server binds;
+    ConfigError naming `field` for anything else."""
     host, _, port = listen.rpartition(":")
     if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise where.error(dotted, f"not HOST:PORT: {listen!r}", 'write e.g. "127.0.0.1:8081"')
+        raise ConfigError(f"not HOST:PORT: {listen!r}", field=field, hint=f'write e.g. "{example}"')
+    return host.strip("[]"), int(port)
 
 
 # HMAC-SHA256 keys shorter than this are guessable offline from one signed call; 16

@@ -53,7 +53,7 @@ from mailer.reply import SESSION_COMMANDS
 from mailer.retry import RetryPolicy
 from mailer.tokens import Signer
 from mailer.verp import verp_address
-from mailer.scenario import Scenario, Step, load_scenarios
+from mailer.scenario import Scenario, load_scenarios
 from mailer.store import BounceRecord, ClaimedMessage, EnrollmentUpdate, NewMessage, Outcome, Store
 from mailer.transport import Envelope, Transport
 from mailer.consent import OPTIN_SCENARIO
@@ -350,13 +350,16 @@ class Daemon:
     def _from_domain(self, scenario: Scenario) -> str:
         return domain_of_address(self._identity(scenario).from_address)
 
+    def _identity_of(self, scenario: str, step_id: str) -> IdentityConfig | None:
+        """Who a scenario's messages are from (a list's sender, for a confirmation); None if unknown."""
+        if scenario == OPTIN_SCENARIO:  # a double opt-in confirmation: its step id is the list
+            return self.config.identities.get(self.config.list_config(step_id).sender)
+        found = self.scenarios.get(scenario)
+        return self.config.identities.get(found.sender) if found is not None else None
+
     def _domain_of(self, scenario: str, step_id: str) -> str | None:
         """The From domain of a scenario's messages (of a list's, for a confirmation); None if unknown."""
-        if scenario == OPTIN_SCENARIO:
-            identity = self.config.identities.get(self.config.list_config(step_id).sender)
-        else:
-            found = self.scenarios.get(scenario)
-            identity = self.config.identities.get(found.sender) if found is not None else None
+        identity = self._identity_of(scenario, step_id)
         return domain_of_address(identity.from_address) if identity is not None else None
 
     def _sending_scenarios(self, now: datetime) -> list[str]:
@@ -412,6 +415,7 @@ class Daemon:
         self.load_scenarios()
         entered = 0
         sending = set(self._sending_scenarios(now))
+        last = await self.store.last_lead_id()  # leads added during the pass wait for the next
         for scenario in self.scenarios.values():
             if scenario.name not in sending:
                 continue  # its sending domain is held: it enrolls nobody meanwhile
@@ -419,7 +423,7 @@ class Daemon:
                 continue  # entered when a lead changes, by the scoring engine (mailer.stages.triggered_by)
             # A dynamic list's members are whoever its rule matches now (mailer.segments).
             rules = [rule for rule in (scenario.entry.segment, scenario.entry.where) if rule is not None]
-            after, last = 0, await self.store.last_lead_id()
+            after = 0
             while after < last:
                 through = min(after + ENTRY_WINDOW, last)
                 candidates = await self.store.entry_candidates(
@@ -621,15 +625,11 @@ class Daemon:
         # was queued stops it here (a confirmation is judged for its own list).
         if message.suppressed_for(scenario.entry.list_name if scenario is not None else None):
             return self._outcome(message, MessageState.SUPPRESSED, now, detail="address is suppressed"), ""
-        step: Step | None = None
-        if message.is_confirmation:  # a double opt-in confirmation; its step id is the list
-            identity = self.config.identities[self.config.list_config(message.step_id).sender]
-        else:
-            step = scenario.step(message.step_id) if scenario is not None else None
-            if scenario is None or step is None:
-                # The file is broken or gone for now: keep the message and try it later.
-                return self._temporary(message, now, None, detail=f"scenario {message.scenario!r} is not loaded"), ""
-            identity = self._identity(scenario)
+        if not message.is_confirmation and (scenario is None or scenario.step(message.step_id) is None):
+            # The file is broken or gone for now: keep the message and try it later.
+            return self._temporary(message, now, None, detail=f"scenario {message.scenario!r} is not loaded"), ""
+        identity = self._identity_of(message.scenario, message.step_id)
+        assert identity is not None  # config checks every sender names an identity
         from_domain = domain_of_address(identity.from_address)
         held = self.domains.hold(from_domain, now)
         if held is not None:
@@ -643,13 +643,12 @@ class Daemon:
             until = admission.until or now + BEHIND_PROBE
             return self._held(message, now, Hold(until, admission.reason or f"{provider}: waiting for its first reply")), ""
         try:
-            return await self._attempt_admitted(message, scenario, step, identity, from_domain, provider, probe=admission.probe)
+            return await self._attempt_admitted(message, identity, from_domain, provider, probe=admission.probe)
         finally:
             self.outbound.abandon(provider, admission)  # a probe that got no reply: the next one tries
 
     async def _attempt_admitted(
-        self, message: ClaimedMessage, scenario: Scenario | None, step: Step | None, identity: IdentityConfig,
-        from_domain: str, provider: str, *, probe: bool,
+        self, message: ClaimedMessage, identity: IdentityConfig, from_domain: str, provider: str, *, probe: bool,
     ) -> tuple[Outcome, str]:
         now = self.clock.now()
         lead = message.lead

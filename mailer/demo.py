@@ -38,8 +38,6 @@ from mailer.importing import read_with_progress
 from mailer.leads import Lead
 from mailer.planner import lead_zone
 from mailer.scoremodel import HistoryEntry
-from mailer.scoringengine import scoring_file
-from mailer.scoringrules import load_scoring
 from mailer.stages import account_of
 from mailer.store import ClaimedMessage, Outcome, Store, open_store
 from mailer.testing import CaptureServer
@@ -161,7 +159,7 @@ async def run_demo(*, workspace: Path | None, days: float, seconds: float) -> in
     order = {scenario.name: [step.id for step in scenario.steps] for scenario in daemon.scenarios.values()}
     print("what the engine counted (machine opens and clicks never score, branch or unsubscribe):")
     print(format_table(build_report(figures, step_order=order, scenario=None)))
-    mqa_line = load_scoring(scoring_file(config.scenarios).path).stages.mqa_score
+    mqa_line = daemon.scoring_rules().stages.mqa_score  # the rules the demo ran with
     _show_pipeline(pipeline, crm.url, crm.calls, mqa_line)
     where = f"--config {workspace / 'mailer.toml'}"
     print(f"\nopen the messages in {inbox} (any mail client reads .eml), or run")

@@ -20,7 +20,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from mailer.bouncing import BounceIntake, IntakeReport
 from mailer.clock import Clock
-from mailer.errors import ConfigError
+from mailer.config import listen_address
 
 log = logging.getLogger("mailer.inbound")
 
@@ -50,10 +50,7 @@ class BounceListener:
         self.unsubscribe = unsubscribe  # reads an unsubscribe+<token> address; True when it was one
         self.domain = domain.lower()
         self.clock = clock
-        host, _, port = listen.rpartition(":")
-        if not host or not port.isdigit():
-            raise ConfigError(f"not host:port: {listen!r}", field="bounces.listen", hint='e.g. "127.0.0.1:2525"')
-        self.host, self.port = host.strip("[]"), int(port)
+        self.host, self.port = listen_address(listen, field="bounces.listen", example="127.0.0.1:2525")
         self.report = IntakeReport()
         self._server: asyncio.base_events.Server | None = None
 

@@ -58,7 +58,7 @@ from mailer.scoring import score
 from mailer.scoringrules import ScoringConfig, load_scoring
 from mailer.stages import account_change, account_of, next_stage, triggers_for
 from mailer.store import Store
-from mailer.webhooks import deliveries_for, stage_event
+from mailer.webhooks import deliveries_for, lead_payload, stage_event
 
 log = logging.getLogger("mailer.scoring")
 
@@ -188,8 +188,8 @@ class ScoringEngine:
         """Score, grade and the automatic stage move of one lead, from its events and profile."""
         scored = score(item.events, config.rules, now)
         graded = grade(item.lead, config.grading, config.bands)
-        lead = dataclasses.replace(item.lead, score=scored.score, product_score=scored.product_score, grade=graded.grade)
-        stage = next_stage(lead, config.stages, score=scored, grade=graded, stage_since=item.stage_since, now=now)
+        # next_stage judges the lead with these figures (it applies them itself)
+        stage = next_stage(item.lead, config.stages, score=scored, grade=graded, stage_since=item.stage_since, now=now)
         return LeadChange(
             lead_id=item.lead.id or 0, score=scored, grade=graded, stage=stage, at=now, account=account_of(item.lead)
         )
@@ -224,7 +224,6 @@ class ScoringEngine:
 
     def _triggered(self, scenarios: Sequence[Scenario], forms: Sequence[str], change: LeadChange, lead: Lead) -> list[Trigger]:
         """The trigger scenarios this lead enters now: by its stage move and by new form events."""
-        lead = dataclasses.replace(lead, id=change.lead_id)
         found: dict[str, Trigger] = {}
         if change.stage is not None:
             found.update((t.scenario, t) for t in triggers_for(scenarios, stage_change=change.stage, lead=lead))
@@ -244,14 +243,14 @@ class ScoringEngine:
         if rescored and "score_changed" in wanted:
             contributions = [[c.rule, c.events, round(c.points, 2)] for c in change.score.contributions]
             events.append(WebhookEvent("score_changed", at, {
-                "lead": _lead_payload(lead, change), "from": before.score, "to": lead.score,
+                "lead": lead_payload(lead, stage=lead.stage, account=change.account), "from": before.score, "to": lead.score,
                 "product_score_from": before.product_score, "product_score_to": lead.product_score,
                 "contributions": contributions,
             }))
         if regraded and "grade_changed" in wanted:
             matched = [[name, points] for name, points in change.grade.matched]
             events.append(WebhookEvent("grade_changed", at, {
-                "lead": _lead_payload(lead, change), "from": before.grade, "to": lead.grade, "matched": matched,
+                "lead": lead_payload(lead, stage=lead.stage, account=change.account), "from": before.grade, "to": lead.grade, "matched": matched,
             }))
         return events
 
@@ -381,14 +380,6 @@ def _form_names(item: LeadScoring) -> list[str]:
         event.name or "" for event in item.events
         if event.type == "form_submitted" and (seen is None or event.at > seen)
     ))
-
-
-def _lead_payload(lead: Lead, change: LeadChange) -> dict[str, Any]:
-    """The lead in score_changed and grade_changed events, as stage_changed shows it."""
-    return {
-        "id": lead.id, "email": lead.email, "score": lead.score, "product_score": lead.product_score,
-        "grade": lead.grade, "stage": lead.stage, "account": change.account,
-    }
 
 
 async def _first_of(*waits: Any) -> None:

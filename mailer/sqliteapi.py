@@ -9,12 +9,13 @@ each try in `webhook_attempts`.
 from __future__ import annotations
 
 import json
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
 import aiosqlite
 
+from mailer.apiinput import EventInput
 from mailer.errors import UserError
 from mailer.scoremodel import API_EVENT_TYPES, NewDelivery, WebhookDelivery
 from mailer.sqlitetables import StoreTables
@@ -71,6 +72,29 @@ class ApiTables(StoreTables):
         An unknown address becomes a new lead with just the address. The event's row keeps
         `name` and `key` in its data, where mailer.scoring.scoring_event reads them.
         """
+        async with self.transaction():
+            return await self._insert_api_event(email=email, type=type, at=at, name=name, data=data, key=key, now=now)
+
+    async def record_api_events(
+        self, events: Sequence[EventInput], *, now: datetime, deliveries: Callable[[EventInput], Sequence[NewDelivery]]
+    ) -> list[EventInput]:
+        """Store a batch of posted events and the webhook calls of each new one, in one
+        transaction; returns the new ones (an event whose key was seen before writes nothing)."""
+        async with self.transaction():
+            new = [
+                event for event in events
+                if await self._insert_api_event(
+                    email=event.email, type=event.type, at=event.at, name=event.name, data=event.data, key=event.key, now=now,
+                )
+            ]
+            await insert_deliveries(self.db, [d for event in new for d in deliveries(event)], now=now)
+        return new
+
+    async def _insert_api_event(
+        self, *, email: str, type: str, at: datetime, name: str | None, data: Mapping[str, Any], key: str | None,
+        now: datetime,
+    ) -> bool:
+        """record_api_event's writes, inside the caller's transaction."""
         if type not in API_EVENT_TYPES:
             raise UserError(f"unknown event type {type!r}", field="type", hint=f"use one of {', '.join(API_EVENT_TYPES)}")
         address = email.strip().lower()
@@ -80,19 +104,18 @@ class ApiTables(StoreTables):
         if key is not None:
             payload["key"] = key
         stamp = ms(now)
-        async with self.transaction():
-            if key is not None and await self._fetchall("SELECT 1 FROM event_keys WHERE key = ?", (key,)):
-                return False
-            await self.db.execute(
-                "INSERT INTO leads (email, created_at, updated_at) VALUES (?, ?, ?) ON CONFLICT (email) DO NOTHING",
-                (address, stamp, stamp),
-            )
-            cursor = await self.db.execute(
-                "INSERT INTO events (at, type, lead_id, data) SELECT ?, ?, id, ? FROM leads WHERE email = ?",
-                (ms(at), type, json.dumps(payload, ensure_ascii=False), address),
-            )
-            if key is not None:
-                await self.db.execute("INSERT INTO event_keys (key, event_id) VALUES (?, ?)", (key, cursor.lastrowid))
+        if key is not None and await self._fetchall("SELECT 1 FROM event_keys WHERE key = ?", (key,)):
+            return False
+        await self.db.execute(
+            "INSERT INTO leads (email, created_at, updated_at) VALUES (?, ?, ?) ON CONFLICT (email) DO NOTHING",
+            (address, stamp, stamp),
+        )
+        cursor = await self.db.execute(
+            "INSERT INTO events (at, type, lead_id, data) SELECT ?, ?, id, ? FROM leads WHERE email = ?",
+            (ms(at), type, json.dumps(payload, ensure_ascii=False), address),
+        )
+        if key is not None:
+            await self.db.execute("INSERT INTO event_keys (key, event_id) VALUES (?, ?)", (key, cursor.lastrowid))
         return True
 
     # -- API keys ----------------------------------------------------------------------

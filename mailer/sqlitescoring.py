@@ -34,7 +34,7 @@ from mailer.scoremodel import (
 )
 from mailer.scoring import scoring_event
 from mailer.sqliteapi import insert_deliveries
-from mailer.sqlitetables import StoreTables
+from mailer.sqlitetables import StoreTables, chunks
 from mailer.timestamps import from_ms, ms
 
 # The lead columns every read selects (the lead's table aliased `l`), in `lead_from_row` order.
@@ -146,7 +146,7 @@ class ScoringTables(StoreTables):
 
     async def _scoring_events(self, lead_ids: Sequence[int]) -> dict[int, list[ScoringEvent]]:
         found: list[Any] = []
-        for chunk in _chunks(lead_ids, _CHUNK):
+        for chunk in chunks(lead_ids, _CHUNK):
             marks = ",".join("?" * len(chunk))
             found += await self._fetchall(
                 f"SELECT lead_id, id, type, at, machine, data FROM events "
@@ -208,7 +208,7 @@ class ScoringTables(StoreTables):
 
     async def _stored(self, lead_ids: Sequence[int]) -> dict[int, _Stored]:
         stored: dict[int, _Stored] = {}
-        for chunk in _chunks(lead_ids, _CHUNK):
+        for chunk in chunks(lead_ids, _CHUNK):
             rows = await self._fetchall(
                 "SELECT id, score, product_score, grade, stage, stage_since, last_engaged_at, account "
                 f"FROM leads WHERE id IN ({','.join('?' * len(chunk))})",
@@ -289,7 +289,7 @@ class ScoringTables(StoreTables):
     async def account_rollup(self, accounts: Sequence[str]) -> dict[str, tuple[int, str]]:
         """Each account's sum of its leads' positive scores, and its stored stage ("" or MQA)."""
         rollup = dict.fromkeys(accounts, (0, ""))
-        for chunk in _chunks(list(rollup), _CHUNK):
+        for chunk in chunks(list(rollup), _CHUNK):
             marks = ",".join("?" * len(chunk))
             # leads_account (account, score) covers this: no lead row is read
             scores = await self._fetchall(
@@ -311,7 +311,7 @@ class ScoringTables(StoreTables):
             return
         async with self.transaction():
             stored: dict[str, tuple[str, int | None]] = {}
-            for chunk in _chunks([c.account for c in changes], _CHUNK):
+            for chunk in chunks([c.account for c in changes], _CHUNK):
                 rows = await self._fetchall(
                     f"SELECT account, stage, stage_since FROM accounts WHERE account IN ({','.join('?' * len(chunk))})",
                     chunk,
@@ -449,8 +449,3 @@ def _score_reason(result: ScoreResult) -> str:
 def _stage_data(change: StageChange) -> str:
     data = {"from": change.from_stage, "to": change.to_stage, "reason": change.reason, "by": change.by}
     return json.dumps(data, ensure_ascii=False)
-
-
-def _chunks(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]

@@ -34,6 +34,7 @@ from mailer.sqlitereport import ReportQueries
 from mailer.sqlitereputation import ReputationQueries
 from mailer.sqliteapi import ApiTables
 from mailer.sqliteleases import LeaseTables, held_by
+from mailer.sqlitetables import chunks
 from mailer.sqlitescoring import LEAD_COLUMNS as _LEAD_COLUMNS
 from mailer.sqlitescoring import ScoringTables
 from mailer.sqlitescoring import lead_from_row as _lead
@@ -171,7 +172,7 @@ class SQLiteStore(
         async with self.transaction():
             existing: set[str] = set()
             emails = [lead.email for lead in leads]
-            for chunk in _chunks(emails, 500):
+            for chunk in chunks(emails, 500):
                 marks = ",".join("?" * len(chunk))
                 rows = await self._fetchall(f"SELECT email FROM leads WHERE email IN ({marks})", chunk)
                 existing.update(row[0] for row in rows)
@@ -366,7 +367,7 @@ class SQLiteStore(
         found: dict[int, dict[str, set[str]]] = {
             i: {"sent": set(), "opened": set(), "clicked": set()} for i in enrollment_ids
         }
-        for chunk in _chunks(list(enrollment_ids), 500):
+        for chunk in chunks(list(enrollment_ids), 500):
             marks = ",".join("?" * len(chunk))
             rows = await self._fetchall(
                 f"""
@@ -562,8 +563,3 @@ def _statements(script: str) -> list[str]:
     if pending.strip(" \n;"):
         statements.append(pending.strip())
     return statements
-
-
-def _chunks(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]

@@ -6,7 +6,7 @@ provides the real connection, transactions and queries, which come first in its 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
@@ -23,3 +23,9 @@ class StoreTables:
 
     async def _fetchall(self, sql: str, params: Iterable[Any] = ()) -> list[Any]:
         raise NotImplementedError
+
+
+def chunks(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
+    """`items` in slices of `size`: SQLite caps the parameters of one statement."""
+    for start in range(0, len(items), size):
+        yield items[start : start + size]

@@ -6,12 +6,13 @@ a PostgreSQL store can be added later without touching them.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Any, Protocol
 
+from mailer.apiinput import EventInput
 from mailer.conditions import Engagement
 from mailer.consent import OPTIN_SCENARIO, stops
 from mailer.daemons import DaemonRecord
@@ -379,6 +380,9 @@ class Store(Protocol):
         self, *, email: str, type: str, at: datetime, name: str | None, data: Mapping[str, Any], key: str | None,
         now: datetime,
     ) -> bool: ...
+    async def record_api_events(
+        self, events: Sequence[EventInput], *, now: datetime, deliveries: Callable[[EventInput], Sequence[NewDelivery]]
+    ) -> list[EventInput]: ...
     async def add_api_key(self, name: str, key_hash: bytes, *, now: datetime) -> None: ...
     async def api_keys(self) -> list[tuple[str, datetime, datetime | None, datetime | None]]: ...
     async def revoke_api_key(self, name: str, *, now: datetime) -> bool: ...

@@ -33,8 +33,7 @@ from email_validator import EmailNotValidError, validate_email
 
 from mailer import webpages
 from mailer.clock import Clock
-from mailer.config import Config
-from mailer.errors import ConfigError
+from mailer.config import Config, listen_address
 from mailer.eventqueue import EventQueue
 from mailer.links import Links
 from mailer.machine import ALL_LINKS_SECONDS, RecentClick, Verdict, is_machine_request, judge_click, judge_open
@@ -103,10 +102,7 @@ class TrackingServer:
         self.clock = clock
         tracking = config.tracking
         self.on_message_queued: Callable[[], None] | None = None  # set by the daemon to wake its loop
-        host, _, port = tracking.listen.rpartition(":")
-        if not host or not port.isdigit():
-            raise ConfigError(f"not host:port: {tracking.listen!r}", field="tracking.listen", hint='e.g. "127.0.0.1:8080"')
-        self.host, self.port = host.strip("[]"), int(port)
+        self.host, self.port = listen_address(tracking.listen, field="tracking.listen", example="127.0.0.1:8080")
         self.queue = EventQueue(store, size=tracking.queue_size, flush_seconds=tracking.flush_seconds)
         self.opens = 0  # genuine pixel requests answered (each queued one event)
         self.clicks = 0  # genuine click and honeypot requests answered

@@ -39,6 +39,7 @@ from collections import Counter
 from collections.abc import Mapping
 from contextlib import suppress
 from datetime import date, datetime, timedelta, timezone
+from typing import Any
 
 import aiohttp
 
@@ -142,13 +143,18 @@ def stage_event(lead: Lead, change: StageChange, *, at: datetime, account: str |
     The same shape as the scoring engine's (mailer.scoringengine), so a receiver reads one kind.
     """
     payload = {
-        "lead": {
-            "id": lead.id, "email": lead.email, "score": lead.score, "product_score": lead.product_score,
-            "grade": lead.grade, "stage": change.to_stage, "account": account,
-        },
+        "lead": lead_payload(lead, stage=change.to_stage, account=account),
         "from": change.from_stage, "to": change.to_stage, "reason": change.reason, "by": change.by,
     }
     return WebhookEvent(type="stage_changed", at=at, payload=payload)
+
+
+def lead_payload(lead: Lead, *, stage: str, account: str | None) -> dict[str, Any]:
+    """The lead as every event about it shows it (stage_changed, score_changed, grade_changed)."""
+    return {
+        "id": lead.id, "email": lead.email, "score": lead.score, "product_score": lead.product_score,
+        "grade": lead.grade, "stage": stage, "account": account,
+    }
 
 
 def _iso(moment: datetime) -> str:

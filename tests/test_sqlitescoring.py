@@ -12,6 +12,7 @@ import pytest
 from conftest import rows
 from test_tracking import NOW, make_messages
 
+from mailer.apiinput import EventInput
 from mailer.errors import UserError
 from mailer.leads import Lead
 from mailer.schema import MIGRATIONS
@@ -385,6 +386,25 @@ async def test_api_events_replayed_by_key_write_nothing(store: SQLiteStore) -> N
     ]
     with pytest.raises(UserError, match="unknown event type"):
         await store.record_api_event(**{**posted, "type": "opened"}, key=None)
+
+
+async def test_a_batch_of_api_events_is_written_with_the_webhook_calls_of_its_new_events(store: SQLiteStore) -> None:
+    """record_api_events writes the new events and their calls together; a replayed key (even within the batch)
+    writes neither, and an event refused mid-batch writes nothing of the batch."""
+    def posted(key: str, type: str = "form_submitted") -> EventInput:
+        return EventInput(email="buyer@example.com", type=type, at=NOW, name="demo", data={}, key=key)
+
+    def calls(event: EventInput) -> list[NewDelivery]:
+        return [NewDelivery("crm", event.type, event.key or "", b"{}")]
+
+    new = await store.record_api_events([posted("api:1"), posted("api:2"), posted("api:1")], now=NOW, deliveries=calls)
+    assert [event.key for event in new] == ["api:1", "api:2"]
+    assert rows(store, "SELECT event_id FROM webhook_deliveries ORDER BY id") == [("api:1",), ("api:2",)]
+    assert await store.record_api_events([posted("api:2")], now=NOW, deliveries=calls) == []
+    with pytest.raises(UserError, match="unknown event type"):
+        await store.record_api_events([posted("api:3"), posted("api:4", "opened")], now=NOW, deliveries=calls)
+    assert rows(store, "SELECT count(*) FROM events WHERE type = 'form_submitted'") == [(2,)]
+    assert rows(store, "SELECT count(*) FROM webhook_deliveries") == [(2,)]
 
 
 async def test_api_keys_are_added_checked_and_revoked(store: SQLiteStore) -> None:
