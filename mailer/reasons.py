@@ -83,6 +83,15 @@ SENDER_PROBLEMS = frozenset(
     }
 )
 
+# Not about the recipient either: the SMTP conversation itself went wrong (RFC 5321 4.2.2:
+# 500-504 are syntax and command-sequence errors), ours or a broken server's, such as a relay
+# answering 500 to DATA because its own mailbox store failed. Retried and reported, but it
+# neither suppresses nor counts toward an escalation; it is no throttle signal either.
+PROTOCOL_PROBLEMS = frozenset({Reason.SYNTAXERROR})
+
+# Whatever the class, these say nothing about the lead: never suppressed or scored for them.
+NOT_ABOUT_RECIPIENT = SENDER_PROBLEMS | PROTOCOL_PROBLEMS
+
 # Sisimai 5.2 SMTP::Failure.is_softbounce: a null-MX style refusal is temporary only when it
 # says so, in its code or in its text.
 _TEMPORARY_TEXT = re.compile(r"temporar|persistent", re.IGNORECASE)

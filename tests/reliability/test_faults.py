@@ -46,6 +46,7 @@ from mailer.testing import (
 
 from .harness import daemon_run
 
+RELAY_ERROR_500 = "500 Error: (FileNotFoundError) [Errno 2] No such file or directory: 'mail/tmp'"
 MESSAGES = 60
 SHARE = 0.2  # of transactions (or sessions) that meet the fault
 # Timeouts short enough to play a timeout in a second, long enough that a busy 2-core
@@ -90,6 +91,10 @@ CASES = [
     Case("F11c timeout@RCPT", delay_reply("RCPT", PAST_TIMEOUT, fraction=SHARE, times=TIMEOUTS_PLAYED), timeouts=SHORT_TIMEOUTS),
     Case("F12 timeout-after-dot", delay_reply("DOT", PAST_TIMEOUT, fraction=SHARE, times=TIMEOUTS_PLAYED), repeats=True, timeouts=SHORT_TIMEOUTS),
     Case("F13 starttls-broken", fail_starttls(fraction=0.5), tls=True),
+    # A relay whose own store failed answers 500 to the data (aiosmtpd's Mailbox handler on a
+    # missing maildir does exactly this): a protocol problem, said of no recipient. Fired on
+    # most transactions, so one address meets it again and again, and nobody is suppressed.
+    Case("F14 500-relay-error@DOT", reply_with("DOT", RELAY_ERROR_500, fraction=0.6)),
     Case("F13b starttls-454", reply_with("STARTTLS", "454 4.7.0 TLS not available due to temporary reason", fraction=0.5), tls=True),
 ]
 
