@@ -5,9 +5,12 @@ processes beside it (`mailer.buildprocesses`): building is the CPU-heavy part of
 (templates, MIME, an RSA signature), and a Python process uses one core. Everything a job
 carries is plain data, so a job means the same wherever it is built.
 
-Outcomes: `Built` bytes; `BuildFailed` when this message can never be built (a template error
-for this lead, a header that would be injected): the message fails; `BuildUnavailable` when
-it cannot be built now (its scenario is not loaded, a build process died): it is retried.
+Outcomes: `Built` bytes; `BuildFailed` when this message can never be built (a header that
+would be injected, an address that is no addr-spec): the message fails; `TemplateBroken` when
+the step's template does not render for this lead (an undefined variable, a sandbox refusal):
+the message is kept and tried again with the retry backoff, so fixing the template (or the
+lead) sends it; `BuildUnavailable` when it cannot be built now (its scenario is not loaded, a
+build process died): it is retried soon.
 """
 
 from __future__ import annotations
@@ -83,6 +86,10 @@ class BuildFailed(MailerError):
     """This message cannot be built, ever: it fails (the error says why)."""
 
 
+class TemplateBroken(MailerError):
+    """The step's template does not render for this lead: kept, tried again until it expires."""
+
+
 class BuildUnavailable(Exception):
     """The message cannot be built just now: it is tried again later."""
 
@@ -107,7 +114,7 @@ class MessageBuilder:
         self.composer.forget()
 
     def build(self, job: BuildJob) -> Built:
-        """The message's bytes; raises BuildFailed or BuildUnavailable."""
+        """The message's bytes; raises BuildFailed, TemplateBroken or BuildUnavailable."""
         try:
             if job.confirmation:
                 composed = self.optin.compose(job.lead, job.step_id, message_id=job.message_id, now=job.now)
@@ -122,7 +129,9 @@ class MessageBuilder:
                 )
                 sender = scenario.sender
             wire = self._sign(composed, sender)
-        except (TemplateError, HeaderInjectionError, MailerError, ValueError) as error:
+        except TemplateError as error:  # the author's to fix: the message waits for it
+            raise TemplateBroken(str(error)) from None
+        except (HeaderInjectionError, MailerError, ValueError) as error:
             raise BuildFailed(str(error)) from None
         return Built(wire=wire, subject=composed.parts.subject, smtputf8=composed.smtputf8)
 

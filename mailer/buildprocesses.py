@@ -32,7 +32,7 @@ import time
 from collections.abc import Sequence
 from typing import Any, BinaryIO
 
-from mailer.builders import BuildFailed, BuildJob, BuildKeys, Built, BuildUnavailable, MessageBuilder
+from mailer.builders import BuildFailed, BuildJob, BuildKeys, Built, BuildUnavailable, MessageBuilder, TemplateBroken
 from mailer.config import Config
 from mailer.scenario import Scenario
 
@@ -75,6 +75,8 @@ def build_one(builder: MessageBuilder, job: BuildJob) -> Result:
         return ("built", builder.build(job))
     except BuildFailed as error:
         return ("failed", str(error))
+    except TemplateBroken as error:
+        return ("template", str(error))
     except BuildUnavailable as error:
         return ("unavailable", str(error))
     except Exception as error:  # a bug: the parent logs it and retries the message
@@ -122,6 +124,8 @@ def _settle(future: asyncio.Future[Built], kind: str, value: Any) -> None:
         future.set_result(value)
     elif kind == "failed":
         future.set_exception(BuildFailed(value))
+    elif kind == "template":
+        future.set_exception(TemplateBroken(value))
     elif kind == "unavailable":
         future.set_exception(BuildUnavailable(value))
     else:

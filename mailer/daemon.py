@@ -38,7 +38,7 @@ from mailer.config import Config, IdentityConfig
 from mailer.errors import MailerError, ScenarioError
 from mailer.lifecycle import MessageState
 from mailer.links import Links
-from mailer.builders import BuildFailed, BuildJob, BuildKeys, Builders, BuildUnavailable, LocalBuilders
+from mailer.builders import BuildFailed, BuildJob, BuildKeys, Builders, BuildUnavailable, LocalBuilders, TemplateBroken
 from mailer.buildprocesses import BATCH, BuildProcesses
 from mailer.tracking import TrackingServer
 from mailer.mime import make_message_id, wire_address
@@ -87,6 +87,7 @@ ROUND_BACKOFF_SECONDS = 1.0  # real time to wait after a failed round before the
 SLOW_ATTEMPT_SECONDS = 0.2
 FINAL_FLUSH_ATTEMPTS = 10
 BUILD_RETRY = timedelta(seconds=30)  # a message whose build process died comes back after this
+TEMPLATE_ERROR_LOG_EVERY = timedelta(minutes=15)  # one log line per broken template and this long
 BUILDS_IN_FLIGHT = 4 * BATCH  # extra workers per build process: jobs queued for it while it builds
 SIDE_RETRY_SECONDS = 5.0  # real time before starting the API or webhook sender again, doubling …
 SIDE_RETRY_MAX_SECONDS = 300.0  # … up to this (a port another process holds may come free)
@@ -153,6 +154,7 @@ class Daemon:
         self._in_flight = 0
         self._slow: set[asyncio.Future[None]] = set()  # attempts a worker stopped waiting for
         self._pending: list[Outcome] = []
+        self._template_errors: dict[str, datetime] = {}  # each error's last log line
         self._wake = asyncio.Event()
         self._flush_stop = asyncio.Event()
         self.listener: BounceListener | None = None
@@ -666,6 +668,12 @@ class Daemon:
             self.outbound.release(grant)
             log.error("message %s cannot be built: %s", message.message_id, error)
             return self._outcome(message, MessageState.FAILED, now, detail=str(error)), ""
+        except TemplateBroken as error:
+            # An authoring mistake is not the lead's: the message waits (the retry backoff,
+            # expiring by the same maximum age) until the template is fixed.
+            self.outbound.release(grant)
+            self._log_template_error(str(error), now)
+            return self._temporary(message, now, None, detail=f"template: {error}"), ""
         except BaseException as error:
             self.outbound.release(grant)
             if isinstance(error, BuildUnavailable):  # nothing was attempted: back soon, as a hold
@@ -741,6 +749,18 @@ class Daemon:
             detail = detail or "gave up after the maximum age"
             return self._outcome(message, MessageState.EXPIRED, now, reply=reply, detail=detail, attempted=attempted)
         return self._outcome(message, MessageState.DEFERRED, now, reply=reply, next_attempt_at=retry_at, detail=detail, attempted=attempted)
+
+    def _log_template_error(self, error: str, now: datetime) -> None:
+        """Once per error and quarter hour: every lead at a broken step fails the same way."""
+        last = self._template_errors.get(error)
+        if last is not None and now - last < TEMPLATE_ERROR_LOG_EVERY:
+            log.debug("kept until its template renders: %s", error)
+            return
+        if len(self._template_errors) > 1000:  # errors quoting lead data: keep it bounded
+            self._template_errors.clear()
+        self._template_errors[error] = now
+        log.error("%s; the messages of this step are kept and tried again with the retry backoff: "
+                  "fix the template (`mailer preview` shows it) and they go out", error)
 
     def _held(self, message: ClaimedMessage, now: datetime, hold: Hold) -> Outcome:
         """Not attempted: back at `hold.until`, neither counted as an attempt nor ever expiring for it."""

@@ -18,7 +18,7 @@ from pathlib import Path
 import dkim
 import pytest
 
-from mailer.builders import BuildFailed, BuildJob, Built, BuildUnavailable, LocalBuilders, MessageBuilder
+from mailer.builders import BuildFailed, BuildJob, Built, BuildUnavailable, LocalBuilders, MessageBuilder, TemplateBroken
 from mailer.cli import main
 from mailer.compose import Composer
 from mailer.config import Config, load_config
@@ -202,14 +202,14 @@ steps:
 PLAN_TEMPLATE = '{% extends "layout.html" %}{% block content %}<p>Hello {{ lead.first_name }},</p>\n<p>your plan: {{ lead.plan | upper }}</p>{% endblock %}\n'
 
 
-def test_a_template_that_fails_for_one_lead_fails_that_message_naming_the_template(tmp_path: Path) -> None:
-    """An undefined variable for this lead is BuildFailed naming the template; the next lead still builds."""
+def test_a_template_that_fails_for_one_lead_is_template_broken_naming_the_template(tmp_path: Path) -> None:
+    """An undefined variable for this lead is TemplateBroken (kept, not failed); the next lead still builds."""
     config = example_workspace(tmp_path, None)
     (config.templates / "plan.html").write_text(PLAN_TEMPLATE, encoding="utf-8")
     (config.scenarios / "plans.yaml").write_text(PLAN_STEP, encoding="utf-8")
     builder = MessageBuilder(config)
     builder.load(scenarios_of(config))
-    with pytest.raises(BuildFailed, match="no attribute 'plan'"):
+    with pytest.raises(TemplateBroken, match="no attribute 'plan'"):
         builder.build(job(1, "plans", "upgrade"))
     built = builder.build(job(2, "plans", "upgrade", who=lead(2, plan="pro")))
     assert built.subject == "Your pro plan" and b"PRO" in built.wire
@@ -222,7 +222,7 @@ def test_a_template_error_names_the_template_file(tmp_path: Path) -> None:
     (config.scenarios / "plans.yaml").write_text(PLAN_STEP.replace("{{ lead.plan }}", "new"), encoding="utf-8")
     builder = MessageBuilder(config)
     builder.load(scenarios_of(config))
-    with pytest.raises(BuildFailed) as caught:
+    with pytest.raises(TemplateBroken) as caught:
         builder.build(job(1, "plans", "upgrade"))
     assert "plan.html" in str(caught.value), str(caught.value)
 

@@ -32,6 +32,7 @@ from mailer.daemon import Daemon
 from mailer.dkim import generate_rsa_key, load_private_key, public_key_record
 from mailer.errors import UserError
 from mailer.leads import Lead
+from mailer.render import RECHECK_SECONDS
 from mailer.scenario import Scenario, load_scenarios
 from mailer.sqlitestore import SQLiteStore
 from mailer.testing import CaptureServer
@@ -193,7 +194,7 @@ async def test_a_reload_is_used_by_the_next_build_in_every_child(tmp_path: Path)
 
 
 async def test_failures_and_missing_scenarios_come_back_as_the_builders_own_errors(tmp_path: Path) -> None:
-    """A template failing for one lead is BuildFailed and an unknown scenario BuildUnavailable, from the child, the other jobs unharmed."""
+    """A header-injecting lead is BuildFailed and an unknown scenario BuildUnavailable, from the child, the other jobs unharmed."""
     config, scenarios = workspace(tmp_path)
     good = jobs(2)
     broken = dataclasses.replace(good[0], lead=Lead(email="eve@example.com", first_name="Eve\r\nBcc: x@example.net", id=99))
@@ -409,7 +410,8 @@ STARTED = "1 build process render and sign messages"
 async def test_the_daemon_sends_the_same_built_in_process_or_in_a_child(
     tmp_path: Path, smtp_server: CaptureServer, processes: int, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """build_processes 0 and 1: ten leads sent with their plan, the one whose template fails FAILED with the error, the child gone after stop."""
+    """build_processes 0 and 1: ten leads sent with their plan; the one whose template fails is kept (deferred, the
+    error logged) and sent once the template is fixed; the child gone after stop."""
     caplog.set_level("INFO", logger="mailer")
     write_workspace(tmp_path, PLAN_SCENARIO)
     (tmp_path / "templates" / "plan.html").write_text(PLAN_TEMPLATE, encoding="utf-8")
@@ -431,21 +433,28 @@ async def test_the_daemon_sends_the_same_built_in_process_or_in_a_child(
             await clock.advance(hours=1)
             await eventually(lambda: len(smtp_server.messages) >= 10, 20, "ten messages")
             deadline = time.monotonic() + 10
-            while (counts := await store.message_counts()) != {"sent": 10, "failed": 1}:
+            while (counts := await store.message_counts()) != {"sent": 10, "deferred": 1}:
                 assert time.monotonic() < deadline, counts
                 await asyncio.sleep(0.05)
+            kept = await store.get_lead("noplan@example.com")
+            assert kept is not None and kept.id is not None
+            [event] = [e for e in await store.lead_events(kept.id) if e.type == "deferred"]
+            assert "no attribute 'plan'" in event.data["detail"] and "plan.html" in caplog.text
+            # the author fixes the template; the scenarios are read again and the retry comes
+            (tmp_path / "templates" / "plan.html").write_text(PLAN_TEMPLATE.replace("lead.plan", "lead.plan | default('free')"), encoding="utf-8")
+            await asyncio.sleep(RECHECK_SECONDS + 0.1)  # a compiled step looks at its files once a second
+            await clock.advance(hours=2)
+            await eventually(lambda: len(smtp_server.messages) >= 11, 20, "the kept message")
         finally:
             stop.set()
             await asyncio.wait_for(task, 20)
-        failed = await store.get_lead("noplan@example.com")
-        assert failed is not None and failed.id is not None
-        [event] = [e for e in await store.lead_events(failed.id) if e.type == "failed"]
-    assert "no attribute 'plan'" in event.data["detail"]
+        assert await store.message_counts() == {"sent": 11}
     received = {m.rcpt_tos[0]: m.parsed() for m in smtp_server.messages}
-    assert len(smtp_server.messages) == len(received) == 10 and "noplan@example.com" not in received
+    assert len(smtp_server.messages) == len(received) == 11
     for n, lead in enumerate(leads[:10]):
         html = received[lead.email].get_body(("html",)).get_content()  # type: ignore[union-attr]
         assert f"PLAN{n}" in html and str(received[lead.email]["Subject"]) == f"One for {lead.first_name}"
+    assert "FREE" in received["noplan@example.com"].get_body(("html",)).get_content()  # type: ignore[union-attr]
     assert not any(running(pid) for pid in children)
 
 
