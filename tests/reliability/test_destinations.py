@@ -18,7 +18,6 @@ from datetime import timedelta
 from collections.abc import Callable
 from pathlib import Path
 
-import pytest
 
 from mailer.leads import Lead
 from mailer.testing import FaultServer, Received, delay_reply

@@ -24,7 +24,6 @@ import pytest
 import trustme
 
 from mailer.testing import (
-    REPLY_421,
     REPLY_451,
     REPLY_452_MAILBOX_FULL,
     REPLY_452_TOO_MANY_RECIPIENTS,
