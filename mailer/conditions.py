@@ -30,7 +30,7 @@ from mailer.conditiontext import READS, ShortFormError, parse_short_form, shown
 from mailer.errors import ScenarioError
 from mailer.leads import LEAD_FIELDS, Lead
 from mailer.scoremodel import GRADES, STAGE_RANK, STAGES, canonical_stage
-from mailer.yamlfile import describe, did_you_mean, item_line, key_line, line_of, subfield
+from mailer.yamlfile import Section, describe, did_you_mean, item_line, key_line, line_of, subfield
 
 Scalar = str | int | float | bool
 Expected = Scalar | tuple[Scalar, ...]
@@ -86,6 +86,18 @@ class Condition(ABC):
     def step_refs(self) -> frozenset[str]:
         """The step ids this condition refers to (`any` refers to none in particular)."""
         return frozenset(test.step_id for test in self.engagement_tests() if test.step_id is not None)
+
+
+def refuse_engagement(condition: Condition, rule: str, *, at: Section, key: str, hint: str, point_at_test: bool = True) -> None:
+    """Refuse `condition`, written under `key` of `at`, when it tests what a lead did in a scenario.
+
+    Entry, list, stage and grading rules are read outside any one scenario, where sent, opened
+    and clicked mean nothing. `rule` names the rule ("a list rule"); the error points at the
+    first such test, or at `key` when not `point_at_test`.
+    """
+    for test in condition.engagement_tests():
+        problem = f"{rule} cannot test what a lead opened, clicked or was sent"
+        raise at.error(key, problem, hint, line=test.line if point_at_test else None)
 
 
 @dataclass(frozen=True)

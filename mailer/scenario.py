@@ -12,13 +12,11 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path, PurePosixPath
-from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 from jinja2 import TemplateSyntaxError
 from jinja2.sandbox import SandboxedEnvironment
 
-from mailer import durations
 from mailer.conditions import Condition, parse_condition
 from mailer.entry import Entry as Entry  # re-exported: a scenario's entry rule
 from mailer.entry import EntryTrigger as EntryTrigger
@@ -27,7 +25,7 @@ from mailer.errors import ScenarioError
 from mailer.segments import LISTS_FILE, declared_lists, load_segments
 from mailer.sendwindow import SendWindow, parse_send_window
 from mailer.yamlfile import (
-    YamlMap, check_keys, closest, describe, did_you_mean, item_line, key_line, line_of, load_yaml, subfield,
+    Section, YamlMap, check_keys, closest, describe, did_you_mean, item_line, key_line, line_of, load_yaml, subfield,
 )
 
 _TOP_KEYS = (
@@ -90,40 +88,8 @@ class Scenario:
         raise KeyError(f"scenario {self.name!r} has no step {step_id!r}")
 
 
-@dataclass(frozen=True)
-class _Section:
+class _Section(Section):
     """One mapping of a scenario file and its dotted path, to read values and report errors."""
-
-    mapping: Mapping[str, Any]
-    file: str
-    field: str
-
-    def error(
-        self, key: str | None, problem: str, hint: str | None = None, *, line: int | None = None
-    ) -> ScenarioError:
-        """An error about `key` (or the whole mapping), at its line unless `line` is given."""
-        where = line or (line_of(self.mapping) if key is None else key_line(self.mapping, key))
-        field = self.field if key is None else subfield(self.field, key)
-        return ScenarioError(problem, file=self.file, line=where, field=field or None, hint=hint)
-
-    def required(self, key: str, hint: str) -> Any:
-        if key not in self.mapping:
-            raise self.error(key, f"missing required key {key!r}", hint)
-        if self.mapping[key] is None:
-            raise self.error(key, "has no value", hint)
-        return self.mapping[key]
-
-    def text(self, key: str, *, required: bool, hint: str) -> str | None:
-        value = self.required(key, hint) if required else self.mapping.get(key)
-        if value is None:
-            return None
-        if not isinstance(value, str):
-            raise self.error(key, f"must be text, not {describe(value)}", hint)
-        if not value.strip():
-            raise self.error(key, "is empty", hint)
-        if "\n" in value.strip():
-            raise self.error(key, "must be one line", hint)
-        return value.strip()
 
     def send_window(self, key: str) -> SendWindow | None:
         if self.mapping.get(key) is None:
@@ -257,10 +223,12 @@ def _reentry(top: _Section) -> Reentry:
         problem = f"must be true, false or {{after: DURATION}}, not {describe(value)}"
         raise top.error("reentry", problem, "e.g. reentry: {after: 30d}")
     check_keys(value, ("after",), file=top.file, field="reentry")
-    section = _Section(value, top.file, "reentry")
-    after = _duration(section, "after") if "after" in value else DEFAULT_REENTRY_AFTER
-    if after < MIN_REENTRY_AFTER:
-        raise section.error("after", "must be at least 1h", "a lead would re-enter on every pass; e.g. after: 30d")
+    after = DEFAULT_REENTRY_AFTER
+    if "after" in value:
+        after = top.inner("reentry").duration(
+            "after", numbers=True, at_least=MIN_REENTRY_AFTER,
+            at_least_hint="a lead would re-enter on every pass; e.g. after: 30d",
+        )
     return Reentry(allowed=True, after=after)
 
 
@@ -276,18 +244,6 @@ def _timezone(top: _Section) -> str:
         hint = hint if close is None else f"did you mean {close!r}?"
         raise top.error("timezone", f"unknown time zone {name!r}", hint) from None
     return name
-
-
-def _duration(section: _Section, key: str) -> timedelta:
-    value = section.mapping.get(key, 0)
-    if isinstance(value, int) and not isinstance(value, bool):
-        value = str(value)  # `wait: 0` reads as a number
-    if not isinstance(value, str):
-        raise section.error(key, f"must be a duration, not {describe(value)}", durations.HINT)
-    try:
-        return durations.parse_duration(value)
-    except ValueError as error:
-        raise section.error(key, str(error), durations.HINT) from None
 
 
 def _steps(top: _Section, templates_dir: Path | None) -> tuple[Step, ...]:
@@ -341,7 +297,7 @@ def _step(section: _Section, index: int, ids: list[str], templates_dir: Path | N
     _check_refs(section, "condition", condition, ids, before=index)
     return Step(
         id=ids[index],
-        wait=_duration(section, "wait"),
+        wait=section.duration("wait", numbers=True) if "wait" in section.mapping else timedelta(0),
         subject=subject,
         template=_template(section, "template", templates_dir, required=True) or "",
         text_template=_template(section, "text_template", templates_dir, required=False),

@@ -19,14 +19,15 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import ClassVar
 
-from mailer import durations
-from mailer.conditions import AllOf, AnyOf, AttributeTest, Condition, Not, parse_condition
+from mailer.conditions import AllOf, AnyOf, AttributeTest, Condition, Not, parse_condition, refuse_engagement
 from mailer.errors import ScoringError, UserError
 from mailer.scoremodel import EVENT_TYPES, GRADES
 from mailer.stages import DEFAULT_STAGE_RULES, StageRules, parse_stage_rules
-from mailer.yamlfile import YamlMap, check_keys, describe, did_you_mean, item_line, key_line, line_of, load_yaml, subfield
+from mailer.yamlfile import (
+    Section, YamlMap, check_keys, describe, did_you_mean, item_line, key_line, line_of, load_yaml, subfield,
+)
 
 _TOP_KEYS = ("scoring", "grading", "grades", "stages")
 _RULE_KEYS = ("event", "name", "tag", "points", "daily_cap", "decay")
@@ -141,32 +142,14 @@ def _stages(document: YamlMap, file: str) -> StageRules:
         raise
 
 
-@dataclass(frozen=True)
-class _At:
-    """One mapping of the file and its dotted path, to read values and report errors."""
+class _At(Section):
+    """A mapping of scoring.yaml, whose mistakes are ScoringErrors."""
 
-    mapping: Mapping[str, Any]
-    file: str
-    field: str
+    error_class: ClassVar[type[UserError]] = ScoringError
 
-    def error(self, key: str | None, problem: str, hint: str | None = None) -> ScoringError:
-        line = line_of(self.mapping) if key is None else key_line(self.mapping, key)
-        where = self.field if key is None else subfield(self.field, key)
-        return ScoringError(problem, file=self.file, line=line, field=where or None, hint=hint)
-
-    def text(self, key: str, hint: str) -> str | None:
-        value = self.mapping.get(key)
-        if value is None:
-            if key in self.mapping:
-                raise self.error(key, "has no value", hint)
-            return None
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            value = str(value)  # `name: 404` is the page or form named "404"
-        if not isinstance(value, str) or not value.strip():
-            raise self.error(key, f"must be text, not {describe(value)}", hint)
-        if "\n" in value.strip():
-            raise self.error(key, "must be one line", hint)
-        return value.strip()
+    def label(self, key: str, hint: str) -> str | None:
+        """A rule's name or tag: a number is its text (`name: 404` is the page named "404")."""
+        return self.text(key, hint=hint, required=key in self.mapping, numbers=True, empty="must be text, not empty text")
 
     def number(self, key: str, hint: str, *, positive: bool = False) -> float:
         value = self.mapping[key]
@@ -178,14 +161,8 @@ class _At:
             raise self.error(key, f"must be more than 0, not {value}", hint)
         return float(value)
 
-    def duration(self, key: str) -> timedelta:
-        value = self.mapping[key]
-        if not isinstance(value, str):
-            raise self.error(key, f"must be a duration such as 30d, not {describe(value)}", durations.HINT)
-        try:
-            length = durations.parse_duration(value)
-        except ValueError as error:
-            raise self.error(key, str(error), durations.HINT) from None
+    def decay_length(self, key: str) -> timedelta:
+        length = self.duration(key, expected="a duration such as 30d")
         if length <= timedelta(0):
             raise self.error(key, "must be longer than 0", f"e.g. {key}: 30d; leave decay out for points that never fade")
         return length
@@ -235,10 +212,10 @@ def _score_rule(at: _At) -> ScoreRule:
         raise at.error("event", f"unknown event type {event!r}", hint)
     if "points" not in at.mapping:
         raise at.error(None, "missing required key 'points'", _POINTS_HINT)
-    tag = at.text("tag", "name the link's data-tag, e.g. tag: pricing")
+    tag = at.label("tag", "name the link's data-tag, e.g. tag: pricing")
     if tag is not None and event != "clicked":
         raise at.error("tag", f"tag is only for clicked rules, not {event}", "a tag names a link: data-tag=\"pricing\" in a template")
-    name = at.text("name", "e.g. name: demo-request" if event in NAMED_EVENTS else "e.g. name: pricing page clicks")
+    name = at.label("name", "e.g. name: demo-request" if event in NAMED_EVENTS else "e.g. name: pricing page clicks")
     match = tag if event == "clicked" else name if event in NAMED_EVENTS else None
     if event in NAMED_EVENTS or name is None:
         name = event if match is None else f"{event} {match}"
@@ -263,9 +240,9 @@ def _decay(at: _At) -> tuple[timedelta | None, timedelta | None]:
     if not isinstance(value, Mapping) or not value:
         raise at.error("decay", f"must be a mapping, not {describe(value)}", _DECAY_HINT)
     check_keys(value, _DECAY_KEYS, file=at.file, field=subfield(at.field, "decay"))
-    decay = _At(value, at.file, subfield(at.field, "decay"))
-    half_life = decay.duration("half_life") if "half_life" in value else None
-    expires_after = decay.duration("expires_after") if "expires_after" in value else None
+    decay = at.inner("decay")
+    half_life = decay.decay_length("half_life") if "half_life" in value else None
+    expires_after = decay.decay_length("expires_after") if "expires_after" in value else None
     return half_life, expires_after
 
 
@@ -279,7 +256,7 @@ def _grade_rules(document: YamlMap, file: str) -> tuple[GradeRule, ...]:
                              ("points", "points: 30")):
             if key not in at.mapping:
                 raise at.error(None, f"missing required key {key!r}", f"e.g. {example}")
-        name = at.text("name", "e.g. name: decision maker") or ""
+        name = at.label("name", "e.g. name: decision maker") or ""
         if name in lines:
             raise at.error("name", f"rule name {name!r} is already used", f"the rule on line {lines[name]} has it")
         lines[name] = line_of(at.mapping)
@@ -291,9 +268,8 @@ def _grade_rules(document: YamlMap, file: str) -> tuple[GradeRule, ...]:
 
 def _check_fit(at: _At, when: Condition) -> None:
     """Refuse what a grade cannot depend on: engagement in a scenario, behaviour, the lifecycle."""
-    for _ in when.engagement_tests():
-        raise at.error("when", "a grading rule cannot test what a lead opened, clicked or was sent",
-                       "grading measures fit from the profile; give points for behaviour under scoring:")
+    refuse_engagement(when, "a grading rule", at=at, key="when", point_at_test=False,
+                      hint="grading measures fit from the profile; give points for behaviour under scoring:")
     for attribute in _attributes(when):
         if attribute in _NOT_FIT:
             raise at.error("when", f"a grading rule cannot test {attribute}",
@@ -318,7 +294,7 @@ def _bands(document: YamlMap, file: str) -> tuple[tuple[str, float], ...]:
     top = _At(document, file, "")
     if not isinstance(value, Mapping):
         raise top.error("grades", f"must be a mapping, not {describe(value)}", _GRADES_HINT)
-    at = _At(value, file, "grades")
+    at = top.inner("grades")
     if "F" in value:
         raise at.error("F", "F takes no points", "F is every grade below D; give points for A, B, C and D")
     check_keys(value, BANDED_GRADES, file=file, field="grades")

@@ -19,9 +19,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from mailer.conditions import Condition, parse_condition
+from mailer.conditions import Condition, parse_condition, refuse_engagement
 from mailer.errors import ScenarioError
-from mailer.yamlfile import check_keys, describe, key_line, load_yaml, subfield
+from mailer.yamlfile import Section, check_keys, describe, key_line, load_yaml, subfield
 
 LISTS_FILE = "lists.yaml"
 # A list name ends up in reports, exit reasons and per-list suppressions: keep it plain.
@@ -67,10 +67,8 @@ def _segment(lists: Mapping[str, Any], name: str, file: str) -> Condition:
                             line=key_line(section, "description"), field=subfield(field, "description"))
     where_field, where_line = subfield(field, "where"), key_line(section, "where")
     rule = parse_condition(section["where"], file=file, field=where_field, line=where_line)
-    for test in rule.engagement_tests():
-        raise ScenarioError("a list rule cannot test what a lead opened, clicked or was sent", file=file,
-                            line=test.line or where_line, field=where_field,
-                            hint="those belong to one scenario; test score, grade, stage or attributes instead")
+    refuse_engagement(rule, "a list rule", at=Section(section, file, field), key="where",
+                      hint="those belong to one scenario; test score, grade, stage or attributes instead")
     return rule
 
 

@@ -18,15 +18,15 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from mailer import durations
-from mailer.conditions import AttributeTest, Condition, Engagement, parse_condition
+from mailer.conditions import AttributeTest, Condition, Engagement, parse_condition, refuse_engagement
 from mailer.dmarc import organizational_domain
 from mailer.errors import ScenarioError, UserError
 from mailer.leads import Lead
 from mailer.scoremodel import STAGES, AccountChange, GradeResult, ScoreResult, StageChange, Trigger, canonical_stage
-from mailer.yamlfile import check_keys, describe, did_you_mean, key_line, line_of, subfield
+from mailer.yamlfile import Section, check_keys, describe, did_you_mean, key_line, line_of, subfield
 
 if TYPE_CHECKING:
     from mailer.scenario import Scenario
@@ -260,66 +260,42 @@ def parse_stage_rules(node: object, *, file: str | None, field: str = "stages") 
     return rules
 
 
-@dataclass(frozen=True)
-class _Place:
+class _Place(Section):
     """The `stages:` mapping being read and where it is, to report errors."""
 
-    node: Mapping[str, Any]
-    file: str | None
-    field: str
-
-    def error(self, key: str, problem: str, hint: str, mapping: Mapping[str, Any] | None = None,
-              parent: str | None = None) -> ScenarioError:
-        inside = self.node if mapping is None else mapping
-        where = subfield(self.field, key) if parent is None else subfield(subfield(self.field, parent), key)
-        return ScenarioError(problem, file=self.file, line=key_line(inside, key), field=where, hint=hint)
-
     def rule(self, key: str) -> Condition | None:
-        value = self.node[key]
+        value = self.mapping[key]
         if value is False:
             return None
         if value is None:
             raise self.error(key, "has no value", f'write a condition such as "score >= 50", or false for no {key}')
-        rule = parse_condition(value, file=self.file, field=subfield(self.field, key), line=key_line(self.node, key))
-        for test in rule.engagement_tests():
-            raise ScenarioError(
-                f"the {key} rule cannot test what a lead opened, clicked or was sent", file=self.file,
-                line=test.line or key_line(self.node, key), field=subfield(self.field, key),
-                hint="those belong to one scenario; test score, grade, product_score or attributes",
-            )
+        rule = parse_condition(value, file=self.file, field=subfield(self.field, key), line=key_line(self.mapping, key))
+        refuse_engagement(rule, f"the {key} rule", at=self, key=key,
+                          hint="those belong to one scenario; test score, grade, product_score or attributes")
         return rule
 
     def sql(self, rules: StageRules) -> StageRules:
-        value = self.node["SQL"]
+        value = self.mapping["SQL"]
         hint = "e.g. SQL: {need: required, at_least: 2} (Need plus one more of budget, authority, timeframe)"
         if not isinstance(value, Mapping):
             raise self.error("SQL", f"must be a mapping, not {describe(value)}", hint)
         check_keys(value, ("need", "at_least"), file=self.file, field=subfield(self.field, "SQL"))
         need = value.get("need", "required")
         if need not in ("required", "optional", True, False):
-            raise self.error("need", f"must be required or optional, not {_what(need)}", hint, value, "SQL")
+            raise self.inner("SQL").error("need", f"must be required or optional, not {_what(need)}", hint)
         at_least = value.get("at_least", rules.sql_at_least)
         if isinstance(at_least, bool) or not isinstance(at_least, int) or not 0 <= at_least <= len(BANT):
-            raise self.error("at_least", f"must be a whole number from 0 to 4, not {_what(at_least)}", hint, value, "SQL")
+            raise self.inner("SQL").error("at_least", f"must be a whole number from 0 to 4, not {_what(at_least)}", hint)
         return replace(rules, sql_need_required=need in ("required", True), sql_at_least=at_least)
 
     def recycle_after(self) -> timedelta | None:
-        value = self.node["recycle_after"]
-        if value is False:
+        if self.mapping["recycle_after"] is False:
             return None
-        hint = durations.HINT + ", or false to never recycle"
-        if not isinstance(value, str):
-            raise self.error("recycle_after", f"must be a duration, not {describe(value)}", hint)
-        try:
-            after = durations.parse_duration(value)
-        except ValueError as error:
-            raise self.error("recycle_after", str(error), hint) from None
-        if after < MIN_RECYCLE_AFTER:
-            raise self.error("recycle_after", "must be at least 1h", "e.g. recycle_after: 90d")
-        return after
+        return self.duration("recycle_after", hint=durations.HINT + ", or false to never recycle",
+                             at_least=MIN_RECYCLE_AFTER, at_least_hint="e.g. recycle_after: 90d")
 
     def mqa(self) -> int | None:
-        value = self.node["MQA"]
+        value = self.mapping["MQA"]
         if value is False:
             return None
         hint = "e.g. MQA: {account_score: 150}, or false for no MQA"
@@ -331,7 +307,7 @@ class _Place:
         score = value["account_score"]
         if isinstance(score, bool) or not isinstance(score, int) or score <= 0:
             problem = f"must be a positive whole number, not {_what(score)}"
-            raise self.error("account_score", problem, hint, value, "MQA")
+            raise self.inner("MQA").error("account_score", problem, hint)
         return score
 
 

@@ -15,12 +15,15 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, replace
+from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Self
 
 import yaml
 
-from mailer.errors import ScenarioError
+from mailer import durations
+from mailer.errors import ScenarioError, UserError
 
 # A scenario is a few kilobytes; a megabyte is already absurd and caps parse time and memory.
 MAX_BYTES = 1024 * 1024
@@ -288,3 +291,85 @@ def describe(value: object) -> str:
     if isinstance(value, list):
         return "a list"
     return "a date" if hasattr(value, "isoformat") else type(value).__name__
+
+
+@dataclass(frozen=True)
+class Section:
+    """One mapping of a rules file and its dotted path, to read its values and report errors.
+
+    Scenario files, lists.yaml and scoring.yaml read their fields through this one class, so
+    a field says "must be text" or "is not a duration" the same way in each of them; a file
+    whose mistakes are another kind of UserError sets `error_class`.
+    """
+
+    mapping: Mapping[str, Any]
+    file: str | None
+    field: str
+    error_class: ClassVar[type[UserError]] = ScenarioError
+
+    def error(self, key: str | None, problem: str, hint: str | None = None, *, line: int | None = None) -> UserError:
+        """An error about `key` (or the whole mapping), at its line unless `line` is given."""
+        where = line or (line_of(self.mapping) if key is None else key_line(self.mapping, key))
+        field = self.field if key is None else subfield(self.field, key)
+        return self.error_class(problem, file=self.file, line=where, field=field or None, hint=hint)
+
+    def inner(self, key: str) -> Self:
+        """The mapping under `key` (checked to be one by the caller) as a section of its own."""
+        return replace(self, mapping=self.mapping[key], field=subfield(self.field, key))
+
+    def required(self, key: str, hint: str) -> Any:
+        """The value under `key`, refused when the key is missing or has no value."""
+        if key not in self.mapping:
+            raise self.error(key, f"missing required key {key!r}", hint)
+        if self.mapping[key] is None:
+            raise self.error(key, "has no value", hint)
+        return self.mapping[key]
+
+    def text(
+        self, key: str, *, hint: str, required: bool = False, numbers: bool = False, empty: str = "is empty"
+    ) -> str | None:
+        """The one line of text under `key`, stripped; None when it is absent or has no value.
+
+        `required` refuses an absent or valueless key instead; `numbers` reads a number as its
+        text (`name: 404`); `empty` is the problem told of blank text.
+        """
+        value = self.required(key, hint) if required else self.mapping.get(key)
+        if value is None:
+            return None
+        if numbers and isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = str(value)
+        if not isinstance(value, str):
+            raise self.error(key, f"must be text, not {describe(value)}", hint)
+        if not value.strip():
+            raise self.error(key, empty, hint)
+        if "\n" in value.strip():
+            raise self.error(key, "must be one line", hint)
+        return value.strip()
+
+    def duration(
+        self,
+        key: str,
+        *,
+        hint: str = durations.HINT,
+        numbers: bool = False,
+        expected: str = "a duration",
+        at_least: timedelta | None = None,
+        at_least_hint: str | None = None,
+    ) -> timedelta:
+        """The duration under `key` (mailer.durations), refused when shorter than `at_least`.
+
+        `numbers` reads a whole number as text, so `wait: 0` is a duration and `wait: 90` is
+        told it has no unit; `expected` is what any other value is told it must be.
+        """
+        value = self.mapping.get(key)
+        if numbers and isinstance(value, int) and not isinstance(value, bool):
+            value = str(value)
+        if not isinstance(value, str):
+            raise self.error(key, f"must be {expected}, not {describe(value)}", hint)
+        try:
+            length = durations.parse_duration(value)
+        except ValueError as error:
+            raise self.error(key, str(error), hint) from None
+        if at_least is not None and length < at_least:
+            raise self.error(key, f"must be at least {durations.format_duration(at_least)}", at_least_hint)
+        return length

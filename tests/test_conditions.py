@@ -12,10 +12,11 @@ from hypothesis import strategies as st
 
 from mailer.conditions import (
     OPERATORS, AllOf, AnyOf, AttributeTest, Condition, Engagement, EngagementTest, Not, parse_condition,
+    refuse_engagement,
 )
 from mailer.errors import ScenarioError
 from mailer.leads import Lead
-from mailer.yamlfile import parse_yaml
+from mailer.yamlfile import Section, parse_yaml
 
 NOBODY = Engagement()
 
@@ -476,3 +477,22 @@ def test_explain_engagement() -> None:
     engagement = Engagement(opened=frozenset({"welcome"}))
     assert condition("{opened: welcome}").explain(lead(), engagement) == "opened welcome"
     assert condition("{clicked: any}").explain(lead(), engagement) == "not clicked an email of this scenario"
+
+
+@pytest.mark.parametrize(("point_at_test", "line"), [(True, 4), (False, 2)])
+def test_refuse_engagement_names_the_rule_and_points_at_the_test_or_the_key(point_at_test: bool, line: int) -> None:
+    """A rule read outside a scenario is refused at its first sent/opened/clicked test, or at its key."""
+    document = parse_yaml("name: x\nwhen:\n  all:\n    - opened: any\n", file="r.yaml")
+    at = Section(document, "r.yaml", "rules[0]")
+    rule = parse_condition(document["when"], file="r.yaml", field="rules[0].when")
+    with pytest.raises(ScenarioError) as caught:
+        refuse_engagement(rule, "a list rule", at=at, key="when", hint="test attributes", point_at_test=point_at_test)
+    assert str(caught.value) == (
+        f"r.yaml:{line}: rules[0].when: a list rule cannot test what a lead opened, clicked or was sent — test attributes"
+    )
+
+
+def test_refuse_engagement_lets_profile_rules_through() -> None:
+    """A rule testing only attributes, score or grade passes."""
+    at = Section(parse_yaml("when: x\n", file="r.yaml"), "r.yaml", "")
+    refuse_engagement(condition('"score >= 5 and grade >= B"'), "a list rule", at=at, key="when", hint="h")

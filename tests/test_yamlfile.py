@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mailer.errors import ScenarioError
+from mailer.errors import ScenarioError, ScoringError, UserError
 from mailer.yamlfile import (
-    MAX_BYTES, YamlList, YamlMap, check_keys, did_you_mean, item_line, key_line, load_yaml, parse_yaml, subfield,
+    MAX_BYTES, Section, YamlList, YamlMap, check_keys, did_you_mean, item_line, key_line, load_yaml, parse_yaml,
+    subfield,
 )
 
 
@@ -228,3 +231,47 @@ def test_yaml_shaped_text_gives_a_mapping_or_a_scenario_error(pieces: list[str])
         parse_yaml("".join(pieces), file="s.yaml")
     except ScenarioError:
         pass
+
+
+def section(text: str) -> Section:
+    return Section(parse_yaml(text, file="s.yaml"), "s.yaml", "step")
+
+
+def section_refusal(read: Callable[[], object]) -> str:
+    with pytest.raises(ScenarioError) as caught:
+        read()
+    return str(caught.value)
+
+
+def test_section_text_reads_one_stripped_line_and_refuses_the_rest() -> None:
+    """A text field is one stripped line; a missing, valueless, non-text, blank or multi-line one is told apart."""
+    fields = section("a: ' hi '\nnone:\nnumber: 404\nblank: ' '\nlines: |\n  x\n  y\n")
+    assert fields.text("a", hint="h") == "hi" and fields.text("none", hint="h") is None
+    assert fields.text("number", hint="h", numbers=True) == "404"
+    assert section_refusal(lambda: fields.text("gone", hint="h", required=True)) == "s.yaml:1: step.gone: missing required key 'gone' — h"
+    assert section_refusal(lambda: fields.text("none", hint="h", required=True)) == "s.yaml:2: step.none: has no value — h"
+    assert section_refusal(lambda: fields.text("number", hint="h")) == "s.yaml:3: step.number: must be text, not a number — h"
+    assert section_refusal(lambda: fields.text("blank", hint="h")) == "s.yaml:4: step.blank: is empty — h"
+    assert section_refusal(lambda: fields.text("lines", hint="h")) == "s.yaml:5: step.lines: must be one line — h"
+
+
+def test_section_duration_reads_durations_and_refuses_short_ones() -> None:
+    """A duration field parses mailer.durations, reads a bare 0 only when asked, and enforces its minimum."""
+    fields = section("wait: 2d\nzero: 0\nshort: 30m\nbad: 2 days\n")
+    assert fields.duration("wait") == dt.timedelta(days=2) and fields.duration("zero", numbers=True) == dt.timedelta(0)
+    assert section_refusal(lambda: fields.duration("zero")).startswith("s.yaml:2: step.zero: must be a duration, not a number — ")
+    assert section_refusal(lambda: fields.duration("short", at_least=dt.timedelta(hours=1), at_least_hint="e.g. 1d")) == (
+        "s.yaml:3: step.short: must be at least 1h — e.g. 1d"
+    )
+    assert section_refusal(lambda: fields.duration("bad", hint="h")) == "s.yaml:4: step.bad: '2 days' is not a duration — h"
+
+
+def test_section_errors_take_the_subclass_error_class_and_nest() -> None:
+    """A subclass picks the UserError its file raises, and an inner section keeps it and extends the field."""
+
+    class Scoring(Section):
+        error_class: ClassVar[type[UserError]] = ScoringError
+
+    fields = Scoring(parse_yaml("decay:\n  half_life: soon\n", file="s.yaml"), "s.yaml", "")
+    error = fields.inner("decay").error("half_life", "nope")
+    assert isinstance(error, ScoringError) and str(error) == "s.yaml:2: decay.half_life: nope"
