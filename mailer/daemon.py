@@ -100,10 +100,16 @@ class Report:
 
     entered: int = 0
     queued: int = 0
-    outcomes: dict[str, int] = field(default_factory=dict)
+    outcomes: dict[str, int] = field(default_factory=dict)  # attempts by their outcome
 
-    def count(self, state: MessageState) -> None:
-        self.outcomes[state.value] = self.outcomes.get(state.value, 0) + 1
+    def count(self, outcome: Outcome) -> None:
+        """One attempt's outcome; one not attempted (held, handed back at a stop) apart from
+        the deferrals, as the same message may be held many times."""
+        if outcome.attempted or outcome.state not in (MessageState.DEFERRED, MessageState.QUEUED):
+            key = outcome.state.value
+        else:
+            key = "held" if outcome.state is MessageState.DEFERRED else "handed back"
+        self.outcomes[key] = self.outcomes.get(key, 0) + 1
 
 
 OutcomeListener = Callable[[ClaimedMessage, Outcome, str], None]
@@ -603,7 +609,7 @@ class Daemon:
             detail = f"internal error: {type(error).__name__}: {error}"
             outcome, summary = self._temporary(message, self.clock.now(), None, detail=detail), ""
         self._pending.append(outcome)
-        self.report.count(outcome.state)
+        self.report.count(outcome)
         if outcome.state is not MessageState.SENT:
             retry = f"; next try {outcome.next_attempt_at:%Y-%m-%d %H:%M} UTC" if outcome.next_attempt_at else ""
             # a held message (no budget, a held domain) is routine: their reasons are logged once, where decided
@@ -689,6 +695,10 @@ class Daemon:
             self.outbound.probe_sending(provider)
         try:
             await state.take_session(self._sessions)
+            if self._stopping:  # a transaction not begun yet is handed back, like the unstarted claims
+                self.outbound.release(grant)
+                now = self.clock.now()
+                return self._outcome(message, MessageState.QUEUED, now, next_attempt_at=now, detail="not started: the daemon stopped", attempted=False), ""
             reply = await self.outbound.send(grant, envelope, built.wire, now=self.clock.now)
         finally:
             state.end(self._sessions)

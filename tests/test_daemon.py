@@ -17,9 +17,11 @@ import pytest
 
 from conftest import make_config, make_leads, write_workspace
 from mailer.clock import FakeClock
-from mailer.daemon import Daemon
+from mailer.daemon import Daemon, Report
 from mailer.leads import Lead
+from mailer.lifecycle import MessageState
 from mailer.sqlitestore import SQLiteStore
+from mailer.store import Outcome
 from mailer.testing import CaptureServer
 
 MONDAY_8AM = datetime(2026, 1, 5, 8, 0, tzinfo=timezone.utc)
@@ -373,3 +375,15 @@ async def test_serving_checkpoints_in_the_background(tmp_path: Path, smtp_server
         running.stop.set()
         await asyncio.wait_for(running.task, 10)
         assert await autocheckpoint(running.store) == 1000
+
+
+def test_the_report_counts_holds_apart_from_deferrals() -> None:
+    """A message held (not attempted) is counted as held, one handed back at a stop as handed back, attempts by their state."""
+    at = datetime(2026, 1, 5, tzinfo=timezone.utc)
+    report = Report()
+    for state, attempted in [
+        (MessageState.DEFERRED, False), (MessageState.DEFERRED, False), (MessageState.DEFERRED, True),
+        (MessageState.QUEUED, False), (MessageState.SENT, True),
+    ]:
+        report.count(Outcome(1, 1, state, at, attempted=attempted))
+    assert report.outcomes == {"held": 2, "deferred": 1, "handed back": 1, "sent": 1}

@@ -65,6 +65,33 @@ async def test_sigterm_mid_batch_loses_nothing_and_restart_finishes(tmp_path: Pa
     assert len(ids) == 50 and len(set(ids)) == 50, "no message was sent twice"
 
 
+async def test_sigterm_sends_only_the_transactions_under_way(tmp_path: Path) -> None:
+    """With a slow receiver, SIGTERM lets only the transactions already begun finish: messages built and
+    waiting for a session are handed back to the queue, not sent during the drain."""
+    write_workspace(tmp_path, ONE_STEP)
+    async with CaptureServer() as server:
+        server.data_delay = 1.0  # every transaction is slow: the workers' other messages wait for a session
+        config = tmp_path / "mailer.toml"
+        config.write_text(SERVE_CONFIG.format(port=server.port))
+        async with SQLiteStore(tmp_path / "mailer.db") as store:
+            await store.upsert_leads(make_leads(100), list_name="signups", now=datetime.now(timezone.utc))
+
+        daemon = await start_daemon(config)
+        await server.wait_for(4, timeout=30)
+        await asyncio.sleep(0.5)  # the workers have claimed and built more than the sessions can carry
+        at_signal = len(server.messages)
+        daemon.send_signal(signal.SIGTERM)
+        output, _ = await asyncio.wait_for(daemon.communicate(), 30)
+        assert daemon.returncode == 0, output.decode()
+
+    after_signal = len(server.messages) - at_signal
+    # [delivery] concurrency = 4 sessions, and as many slow attempts detached from their workers
+    assert after_signal <= 2 * 4, f"{after_signal} messages sent after SIGTERM"
+    final = states(tmp_path / "mailer.db")
+    assert "sending" not in final and final.get("sent") == len(server.messages)
+    assert final.get("sent", 0) + final.get("queued", 0) == 100, final
+
+
 async def test_a_second_daemon_on_the_same_store_is_refused(tmp_path: Path) -> None:
     """Two `mailer serve` on one database would send twice: the second exits 2 naming the first."""
     write_workspace(tmp_path, ONE_STEP)
