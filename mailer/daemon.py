@@ -187,11 +187,17 @@ class Daemon:
         scenarios, errors = load_scenarios(
             self.config.scenarios, identities=self.config.identities, templates_dir=self.config.templates
         )
+        before = {str(e): e for e in self.scenario_errors}
         self.scenarios = {s.name: s for s in scenarios}
         self.scenario_errors = errors
         self.builders.load(self.scenarios)
-        for error in errors:
-            log.error("%s (this scenario is paused)", error)
+        # Read again at every entry pass: each mistake is logged once, and once more when mended.
+        now = {str(e): e for e in errors}
+        for text in now.keys() - before.keys():
+            log.error("%s (this scenario is paused)", text)
+        for text, error in before.items():
+            if text not in now and not any(e.file == error.file for e in errors):
+                log.info("%s: read again without errors; its scenario runs", error.file or "scenarios")
         return errors
 
     # -- the loop ------------------------------------------------------------------------

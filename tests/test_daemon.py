@@ -387,3 +387,21 @@ def test_the_report_counts_holds_apart_from_deferrals() -> None:
     ]:
         report.count(Outcome(1, 1, state, at, attempted=attempted))
     assert report.outcomes == {"held": 2, "deferred": 1, "handed back": 1, "sent": 1}
+
+
+async def test_a_broken_scenario_is_logged_once_and_again_when_mended(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Scenarios are read again at every entry pass: a mistake is logged once, not at each pass, and its mending once."""
+    caplog.set_level("INFO", logger="mailer")
+    write_workspace(tmp_path)
+    good = (tmp_path / "scenarios" / "main.yaml").read_text(encoding="utf-8")
+    (tmp_path / "scenarios" / "main.yaml").write_text(good.replace("steps:", "stepz:"), encoding="utf-8")
+    async with SQLiteStore(tmp_path / "mailer.db") as store:
+        daemon = Daemon(config=make_config(tmp_path, 9), store=store, clock=FakeClock(datetime(2026, 1, 5, tzinfo=timezone.utc)))
+        for _ in range(3):
+            assert daemon.load_scenarios()
+        assert caplog.text.count("(this scenario is paused)") == 1
+        (tmp_path / "scenarios" / "main.yaml").write_text(good, encoding="utf-8")
+        for _ in range(2):
+            assert daemon.load_scenarios() == []
+        assert caplog.text.count("read again without errors") == 1 and "main.yaml" in caplog.text
+        assert list(daemon.scenarios)
