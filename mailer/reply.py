@@ -71,7 +71,7 @@ class SMTPReply:
         return Verdict.TEMPORARY
 
     def __str__(self) -> str:
-        parts = [str(self.code) if self.code is not None else "---"]
+        parts = [str(self.code) if self.code is not None else "no reply:"]
         if self.enhanced:
             parts.append(self.enhanced)
         parts.append(self.text)

@@ -101,10 +101,10 @@ def test_verdict_follows_the_basic_code_class(code: int | None, verdict: Verdict
 
 
 def test_str_shows_code_enhanced_code_and_text() -> None:
-    """A reply prints as it was on the wire, and "---" when there was no reply."""
+    """A reply prints as it was on the wire, and says "no reply:" when there was none."""
     assert str(SMTPReply.parse(550, "5.1.1 No such user")) == "550 5.1.1 No such user"
     assert str(SMTPReply.parse(421, "Try later")) == "421 Try later"
-    assert str(SMTPReply.parse(None, "timed out")) == "--- timed out"
+    assert str(SMTPReply.parse(None, "timed out")) == "no reply: timed out"
 
 
 @given(code=st.one_of(st.none(), st.integers(min_value=200, max_value=599)), text=st.text())
