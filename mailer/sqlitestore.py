@@ -237,6 +237,10 @@ class SQLiteStore(
         rows = await self._fetchall(f"SELECT {_LEAD_COLUMNS} FROM leads l ORDER BY l.id LIMIT ?", (limit,))
         return [_lead(row) for row in rows]
 
+    async def list_names(self) -> list[str]:
+        """The lists leads were imported or subscribed to."""
+        return [str(row[0]) for row in await self._fetchall("SELECT name FROM lists ORDER BY name")]
+
     async def lead_count(self) -> int:
         rows = await self._fetchall("SELECT count(*) FROM leads")
         return int(rows[0][0])

@@ -28,6 +28,7 @@ from mailer.scenario import NOT_SCENARIOS, Scenario, Step, load_scenario, load_s
 from mailer.segments import LISTS_FILE, load_segments
 from mailer.store import open_store
 from mailer.tokens import Signer
+from mailer.yamlfile import closest
 
 SAMPLE_SIZE = 20
 
@@ -52,11 +53,37 @@ def validate(config: Config, *, path: Path | None, leads_csv: Path | None) -> tu
             compiled = renderer.step(subject=step.subject, template=step.template, text_template=step.text_template)
             if compiled.inline_each is not None:
                 notes.append(f"note: {step.template}: CSS is inlined per message, which is slower: {compiled.inline_each}")
+    notes += unknown_entry_lists(config, scenarios)
     summary = "".join(note + "\n" for note in dict.fromkeys(notes)) + (
         f"{len(scenarios)} scenarios, {steps} steps rendered against {len(leads)} sample leads: "
         + (f"{len(problems)} problems" if problems else "all good")
     )
     return problems, summary
+
+
+def unknown_entry_lists(config: Config, scenarios: list[Scenario]) -> list[str]:
+    """A note for each entry list nobody is on or could join: most often a typo, after which
+    nobody ever enters. A note, not a problem: the list may be imported after the files."""
+    wanted = {s.entry.list_name: s for s in scenarios if s.entry.list_name and s.entry.segment is None}
+    if not wanted:
+        return []
+    known = set(config.lists)  # [lists.NAME]: sign-ups through the opt-in form
+    if config.store.exists():
+
+        async def stored() -> list[str]:
+            async with open_store(config) as store:
+                return await store.list_names()
+
+        known |= set(asyncio.run(stored()))
+    notes = []
+    for name, scenario in sorted(wanted.items()):
+        if name in known:
+            continue
+        close = closest(name, known)
+        guess = f"did you mean {close!r}? " if close else ""
+        notes.append(f"note: {scenario.file}: entry list {name!r} has nobody on it yet (no lead imported to it, "
+                     f"no [lists.{name}] in mailer.toml): {guess}`mailer leads import FILE --list {name}` fills it")
+    return notes
 
 
 def _load(config: Config, path: Path | None) -> tuple[list[Scenario], list[UserError]]:
