@@ -10,11 +10,13 @@ import asyncio
 import logging
 import os
 import secrets
+import select
 import signal
 import sys
 from collections.abc import Sequence
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 from mailer import apishell, leadsshell, scoresshell
 from mailer.clock import AcceleratedClock, Clock, SystemClock
@@ -24,9 +26,39 @@ from mailer.errors import ConfigError, MailerError, UserError
 from mailer.store import BounceRecord
 
 EXIT_USER_ERROR = 2
+# What a shell reports for a command ended by SIGPIPE (128 + 13), as for `yes | head`.
+EXIT_BROKEN_PIPE = 128 + 13
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        try:
+            return _main(argv)
+        finally:
+            sys.stdout.flush()  # a reader gone away shows here, inside the guard, not at exit
+    except BrokenPipeError:
+        if not _stdout_closed():
+            raise  # some other pipe: a bug to see, not a quiet exit
+        # `mailer report | head`: the reader has all it wanted. As the signal module's "Note on
+        # SIGPIPE" shows, stdout goes to devnull so the interpreter's last flush is quiet too.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
+
+
+def _stdout_closed() -> bool:
+    """Whether stdout is a pipe whose reader has gone (poll(2) reports an error or hang-up on it)."""
+    try:
+        fd = sys.stdout.fileno()
+    except (OSError, ValueError):  # not a file at all, so not the pipe that broke
+        return False
+    if not hasattr(select, "poll"):
+        return True
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT)
+    return any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0))
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     if not getattr(args, "command", None):
@@ -52,15 +84,34 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+def _global_options(parser: argparse.ArgumentParser, *, config: Any, verbose: Any) -> None:
+    parser.add_argument("--config", "-c", type=Path, default=config, help=f"the config file (default ./{CONFIG_NAME})")
+    parser.add_argument("--verbose", "-v", action="store_true", default=verbose, help="log debug detail")
+
+
+class _CommandParser(argparse.ArgumentParser):
+    """A command's or action's parser: it takes the global options too, so `mailer status
+    --config FILE` works as `mailer --config FILE status` does. Given in both places, the later
+    one counts; given in neither, the top-level defaults stay (SUPPRESS sets nothing)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        _global_options(self, config=argparse.SUPPRESS, verbose=argparse.SUPPRESS)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mailer", description="Nurture scenarios, sent well.")
-    parser.add_argument("--config", "-c", type=Path, default=None, help=f"the config file (default ./{CONFIG_NAME})")
-    parser.add_argument("--verbose", "-v", action="store_true", help="log debug detail")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _global_options(parser, config=None, verbose=False)
+    # Actions' parsers (`leads import`, …) are made by their command's, so of this class too.
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_CommandParser)
 
     init = commands.add_parser("init", help="write a starter mailer.toml, a secret key and example content")
     init.add_argument("directory", nargs="?", type=Path, default=Path("."))
-    init.add_argument("--force", action="store_true", help="overwrite an existing config and key")
+    init.add_argument(
+        "--force", action="store_true",
+        help="rewrite an existing mailer.toml with the starter config; keeps mailer.key (links already sent "
+        "are signed with it) and the example folders that exist",
+    )
     init.set_defaults(run=_init)
 
     serve = commands.add_parser("serve", help="run the send daemon until SIGTERM or Ctrl-C")
@@ -273,8 +324,14 @@ def _serve(args: argparse.Namespace) -> int:
         log.info("stopped: %s", report.outcomes)
         return 0
 
-    with serve_lock(config.store):
-        return asyncio.run(run())
+    try:
+        with serve_lock(config.store):
+            return asyncio.run(run())
+    except ConfigError as error:
+        # A server that cannot bind knows the setting (bounces.listen), not the file it is in.
+        if error.file is None:
+            error.file = str(config.path)
+        raise
 
 
 def _validate(args: argparse.Namespace) -> int:

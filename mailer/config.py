@@ -9,8 +9,13 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import errno
 import ipaddress
+import logging
+import os
 import re
+import socket
+import stat
 import tomllib
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
@@ -23,6 +28,8 @@ from urllib.parse import urlsplit
 from mailer.durations import parse_duration
 from mailer.errors import ConfigError
 from mailer.providers import DEFAULT_LIMITS, DEFAULT_SHARES, PROVIDERS, ProviderLimits
+
+log = logging.getLogger("mailer.config")
 
 CONFIG_NAME = "mailer.toml"
 MAX_AUTO_BUILD_PROCESSES = 4  # beyond this the send loop, not building, is the bottleneck
@@ -292,6 +299,7 @@ class Config:
                 file=str(self.secret_key_file),
                 hint="run `mailer init` to create one",
             ) from None
+        _warn_if_others_can_read(self.secret_key_file)
         keys = [line.strip().encode() for line in text.splitlines() if line.strip() and not line.startswith("#")]
         key = keys[0] if keys else b""
         if len(key) < 32:
@@ -305,6 +313,20 @@ class Config:
     def secret_key(self) -> bytes:
         """The current key, the one new links and addresses are signed with."""
         return self.secret_keys()[0]
+
+
+def _warn_if_others_can_read(key_file: Path) -> None:
+    """Warn, never refuse: containers and mounted secrets often come with odd modes, and
+    refusing would stop the daemon over a file whose owner may have no say in its mode."""
+    try:
+        mode = stat.S_IMODE(key_file.stat().st_mode)
+    except OSError:
+        return
+    if os.name == "posix" and mode & (stat.S_IRWXG | stat.S_IRWXO):
+        log.warning(
+            "%s is open to other users (mode %o): whoever can read it can forge tracking and unsubscribe links; "
+            "run `chmod 600 %s`", key_file, mode, key_file,
+        )
 
 
 _SECTIONS: dict[str, type] = {
@@ -568,6 +590,26 @@ def listen_address(listen: str, *, field: str, example: str) -> tuple[str, int]:
     if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise ConfigError(f"not HOST:PORT: {listen!r}", field=field, hint=f'write e.g. "{example}"')
     return host.strip("[]"), int(port)
+
+
+def listen_error(error: OSError, *, listen: str, field: str, file: Path | None) -> ConfigError | None:
+    """The setting's fault behind a server's failed bind of `listen`, named by file and field;
+    None for a failure that is not the setting's (out of file descriptors, say)."""
+    host, port = listen_address(listen, field=field, example="127.0.0.1:8080")
+    if isinstance(error, socket.gaierror):
+        problem, hint = f"cannot resolve {host!r}", "write an IP address, e.g. 127.0.0.1"
+    elif error.errno == errno.EADDRINUSE:
+        problem, hint = f"{listen} is in use (another mailer serve, or another program)", "choose a free port"
+    elif error.errno == errno.EADDRNOTAVAIL:
+        problem = f"{host} is not an address of this machine"
+        hint = "listen on 127.0.0.1, on 0.0.0.0 (every address) or on one of this host's own addresses"
+    elif error.errno == errno.EACCES:
+        # Linux lets only privileged processes bind ports below net.ipv4.ip_unprivileged_port_start (1024).
+        problem = f"not allowed to listen on port {port}"
+        hint = "choose a port from 1024 up (a proxy can serve 80 and 443), or grant CAP_NET_BIND_SERVICE"
+    else:
+        return None
+    return ConfigError(problem, file=str(file) if file is not None else None, field=field, hint=hint)
 
 
 # HMAC-SHA256 keys shorter than this are guessable offline from one signed call; 16

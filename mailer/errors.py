@@ -11,10 +11,14 @@
     └── StateError                a message state change that the lifecycle table forbids
 
 A `UserError` carries where the problem is (file, line, field), what it is and what to do,
-and renders as ``file:line: field: problem — hint``, the one line the CLI prints.
+and renders as ``file:line: field: problem — hint``, the one line the CLI prints. A file under
+the current directory is named relative to it (``scenarios/welcome.yaml:23``), as the user
+would type it; one elsewhere keeps its absolute path.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 
 class MailerError(Exception):
@@ -43,11 +47,28 @@ class UserError(MailerError):
     def render(self) -> str:
         where = ""
         if self.file is not None:
-            where = self.file if self.line is None else f"{self.file}:{self.line}"
+            shown = _as_typed(self.file)
+            where = shown if self.line is None else f"{shown}:{self.line}"
             where += ": "
         field = f"{self.field}: " if self.field else ""
         hint = f" — {self.hint}" if self.hint else ""
         return f"{where}{field}{self.problem}{hint}"
+
+    def __str__(self) -> str:
+        # rendered when shown, not when raised: the file may be named later (see cli._serve)
+        return self.render()
+
+
+def _as_typed(file: str) -> str:
+    """`file` relative to the current directory when it lies below it, else as given."""
+    path = Path(file)
+    if not path.is_absolute():
+        return file
+    try:
+        below = path.relative_to(Path.cwd())
+    except (ValueError, OSError):  # elsewhere, or the current directory is gone
+        return file
+    return str(below) if below.parts else file
 
 
 class ConfigError(UserError):

@@ -20,7 +20,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from mailer.bouncing import BounceIntake, IntakeReport
 from mailer.clock import Clock
-from mailer.config import listen_address
+from mailer.config import listen_address, listen_error
 
 log = logging.getLogger("mailer.inbound")
 
@@ -50,17 +50,25 @@ class BounceListener:
         self.unsubscribe = unsubscribe  # reads an unsubscribe+<token> address; True when it was one
         self.domain = domain.lower()
         self.clock = clock
+        self.listen = listen
         self.host, self.port = listen_address(listen, field="bounces.listen", example="127.0.0.1:2525")
         self.report = IntakeReport()
         self._server: asyncio.base_events.Server | None = None
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(
-            lambda: _BounceSMTP(self, hostname=self.domain, data_size_limit=MAX_BOUNCE_BYTES, enable_SMTPUTF8=True),
-            self.host,
-            self.port,
-        )
+        try:
+            self._server = await loop.create_server(
+                lambda: _BounceSMTP(self, hostname=self.domain, data_size_limit=MAX_BOUNCE_BYTES, enable_SMTPUTF8=True),
+                self.host,
+                self.port,
+            )
+        except OSError as error:
+            # The listener knows its field, not its file: `mailer serve` names mailer.toml.
+            mistake = listen_error(error, listen=self.listen, field="bounces.listen", file=None)
+            if mistake is None:
+                raise
+            raise mistake from None
         self.port = self._server.sockets[0].getsockname()[1]
         log.info("receiving bounces for %s on %s:%d", self.domain, self.host, self.port)
 

@@ -33,7 +33,7 @@ from email_validator import EmailNotValidError, validate_email
 
 from mailer import webpages
 from mailer.clock import Clock
-from mailer.config import Config, listen_address
+from mailer.config import Config, listen_address, listen_error
 from mailer.eventqueue import EventQueue
 from mailer.links import Links
 from mailer.machine import ALL_LINKS_SECONDS, RecentClick, Verdict, is_machine_request, judge_click, judge_open
@@ -128,7 +128,14 @@ class TrackingServer:
         # no access log: recipients' addresses stay out of the logs, and it costs a third of the pixel's time
         self._runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=5.0)
         await self._runner.setup()
-        await web.TCPSite(self._runner, self.host, self.port).start()
+        try:
+            await web.TCPSite(self._runner, self.host, self.port).start()
+        except OSError as error:
+            await self.stop()  # the daemon never stops a server that did not start
+            mistake = listen_error(error, listen=self.config.tracking.listen, field="tracking.listen", file=self.config.path)
+            if mistake is None:
+                raise
+            raise mistake from None
         self.port = self._runner.addresses[0][1]
         log.info("tracking on %s:%d, links at %s", self.host, self.port, self.links.base_url)
 
@@ -251,7 +258,13 @@ class TrackingServer:
             pending = bool(list_config and list_config.double_opt_in)
             return self._subscribed(request, lang, pending=pending, email=fields.get("email", ""), title=title)
         if list_config is None:
-            return self._refuse(request, lang, "unknown list")
+            # A list only `leads import --list` made has no settings (double opt-in, sender,
+            # title), so a sign-up for it could not be handled as the operator means.
+            if not list_name:
+                return self._refuse(request, lang, "the form has no list field: add <input type=hidden name=list value=NAME>")
+            return self._refuse(
+                request, lang, f"unknown list {list_name!r}: declare [lists.{list_name}] in mailer.toml to accept sign-ups for it"
+            )
         try:
             if len(fields.get("email", "")) > MAX_EMAIL:
                 raise EmailNotValidError(f"longer than {MAX_EMAIL} characters")

@@ -160,7 +160,7 @@ def test_csv_without_email_column_is_refused(workspace: Path, capsys: pytest.Cap
     csv_file = workspace / "leads.csv"
     csv_file.write_text("name,company\nA,B\n")
     code, _, err = run(capsys, "leads", "import", str(csv_file))
-    assert code == 2 and f"{csv_file}:1: email" in one_error_line(err)
+    assert code == 2 and one_error_line(err).startswith("mailer: error: leads.csv:1: email:")
 
 
 def test_reimport_updates_instead_of_duplicating(workspace: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -213,3 +213,51 @@ def test_preview_with_a_bad_address_is_one_line(workspace: Path, capsys: pytest.
     """`--lead 'not an address'` is a user mistake: one line, exit code 2."""
     code, _, err = run(capsys, "preview", "three-steps", "one", "--lead", "not an address")
     assert code == 2 and "--lead" in one_error_line(err)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("--config", "{config}", "status"),
+        ("status", "--config", "{config}"),
+        ("status", "-c", "{config}", "-v"),
+        ("leads", "import", "{csv}", "--config", "{config}"),
+    ],
+    ids=["before", "after", "short-and-verbose-after", "after-a-nested-action"],
+)
+def test_config_is_accepted_before_or_after_the_command(
+    workspace: Path, tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str], args: tuple[str, ...],
+) -> None:
+    """`--config FILE` works before the command, after it, and after a nested action, from another folder."""
+    (workspace / "leads.csv").write_text("email\nann@example.com\n")
+    monkeypatch.chdir(tmp_path_factory.mktemp("elsewhere"))
+    filled = [a.format(config=workspace / "mailer.toml", csv=workspace / "leads.csv") for a in args]
+    code, out, err = run(capsys, *filled)
+    assert code == 0, err
+    assert "leads: 0" in out or "1 leads created" in out
+    assert (workspace / "mailer.db").exists()
+
+
+def test_config_after_the_command_wins_over_the_one_before(workspace: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Given twice, the --config nearer the end counts, as a later option does in every argparse program."""
+    code, _, err = run(capsys, "--config", str(workspace / "missing.toml"), "status", "--config", str(workspace / "mailer.toml"))
+    assert code == 0, err
+
+
+def test_init_help_says_force_keeps_the_key(capsys: pytest.CaptureFixture[str]) -> None:
+    """`mailer init --help` says --force rewrites mailer.toml and keeps mailer.key, as it does."""
+    with pytest.raises(SystemExit) as exited:
+        main(["init", "--help"])
+    assert exited.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "overwrite an existing config and key" not in text
+    assert "--force" in text and "keeps mailer.key" in text
+
+
+def test_errors_name_files_under_the_current_folder_relatively(workspace: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Run from the workspace, a scenario error names `scenarios/main.yaml`, as the README shows."""
+    (workspace / "scenarios" / "main.yaml").write_text(THREE_STEPS.replace("    wait: 2d", "    wait: 2x"))
+    code, _, err = run(capsys, "validate")
+    assert code == 2
+    assert one_error_line(err).startswith("mailer: error: scenarios/main.yaml:16: steps[1].wait:")

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import errno
+import logging
+import socket
 import tomllib
 from datetime import timedelta
 from pathlib import Path
@@ -18,6 +21,7 @@ from mailer.config import (
     RetryConfig,
     SchedulerConfig,
     TimeoutsConfig,
+    listen_error,
     load_config,
     parse_config,
 )
@@ -314,6 +318,23 @@ def test_short_secret_key_is_refused(tmp_path: Path) -> None:
     assert caught.value.hint is not None and "--force" in caught.value.hint
 
 
+@pytest.mark.parametrize(("mode", "warned"), [(0o644, True), (0o640, True), (0o600, False), (0o400, False)])
+def test_a_key_others_can_read_is_used_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, mode: int, warned: bool
+) -> None:
+    """A key file readable by group or others still works, but logs a warning naming it and `chmod 600`."""
+    key = tmp_path / "mailer.key"
+    key.write_bytes(b"k" * 40 + b"\n")
+    key.chmod(mode)
+    with caplog.at_level(logging.WARNING, logger="mailer.config"):
+        assert load_config(write(tmp_path, "")).secret_key() == b"k" * 40
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    if warned:
+        assert len(warnings) == 1 and f"chmod 600 {key}" in warnings[0] and f"{mode:o}" in warnings[0], warnings
+    else:
+        assert warnings == []
+
+
 def test_missing_secret_key_is_a_config_error(tmp_path: Path) -> None:
     """A missing key file is reported as a one-line ConfigError, not an OSError."""
     with pytest.raises(ConfigError) as caught:
@@ -423,3 +444,26 @@ def test_an_ed25519_key_alone_is_refused_on_its_line(tmp_path: Path) -> None:
     error = error_of(tmp_path, '[dkim]\nselector = "s1"\ned25519_key_file = "ed.pem"\n')
     assert (error.field, error.line) == ("dkim.ed25519_key_file", 3)
     assert error.hint is not None and "private_key_file" in error.hint
+
+
+@pytest.mark.parametrize(
+    ("error", "problem", "hint"),
+    [
+        (OSError(errno.EADDRINUSE, "in use"), "[::1]:80 is in use (another mailer serve, or another program)", "choose a free port"),
+        (OSError(errno.EADDRNOTAVAIL, "cannot assign"), "::1 is not an address of this machine", "0.0.0.0 (every address)"),
+        (OSError(errno.EACCES, "permission denied"), "not allowed to listen on port 80", "from 1024 up"),
+        (socket.gaierror(socket.EAI_NONAME, "unknown"), "cannot resolve '::1'", "write an IP address"),
+    ],
+    ids=["in-use", "not-ours", "privileged", "unresolvable"],
+)
+def test_a_failed_bind_is_the_listen_settings_fault(error: OSError, problem: str, hint: str) -> None:
+    """Each way a `listen` setting cannot be bound is a ConfigError naming the file and field, with what to do."""
+    mistake = listen_error(error, listen="[::1]:80", field="api.listen", file=Path("/w/mailer.toml"))
+    assert mistake is not None
+    assert (mistake.file, mistake.field, mistake.problem) == ("/w/mailer.toml", "api.listen", problem)
+    assert mistake.hint is not None and hint in mistake.hint
+
+
+def test_a_bind_failure_not_of_the_setting_is_left_alone() -> None:
+    """Running out of file descriptors is no mistake in mailer.toml: no ConfigError is made of it."""
+    assert listen_error(OSError(errno.EMFILE, "too many open files"), listen="127.0.0.1:80", field="api.listen", file=None) is None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 from collections.abc import AsyncIterator
@@ -17,6 +18,7 @@ import pytest
 
 from conftest import make_config
 from mailer.clock import FakeClock
+from mailer.errors import ConfigError
 from mailer.leads import Lead
 from mailer.links import Links
 from mailer.sqlitestore import SQLiteStore
@@ -425,3 +427,30 @@ async def test_subscribe_refuses_unknown_lists_and_invalid_addresses(site: Site)
     assert (await subscribe(site, list="secret-list")).status == 400
     assert (await subscribe(site, email="not an address")).status == 400
     assert await site.store.lead_count() == 3
+
+
+async def test_an_undeclared_list_is_refused_saying_how_to_declare_it(site: Site) -> None:
+    """A list that exists only through `leads import --list` is refused with the [lists.NAME] to add."""
+    await site.store.upsert_leads([Lead(email="old@example.com")], list_name="webinar", now=NOW)
+    refused = await subscribe(site, list="webinar")
+    assert refused.status == 400
+    assert json.loads(await refused.text()) == {
+        "error": "unknown list 'webinar': declare [lists.webinar] in mailer.toml to accept sign-ups for it"
+    }
+    missing = await subscribe(site, list="")
+    assert missing.status == 400 and "the form has no list field" in json.loads(await missing.text())["error"]
+    assert await site.store.membership("new@example.com", "webinar") is None
+
+
+async def test_a_tracking_port_in_use_is_a_config_error_and_leaves_nothing_running(tmp_path: Path) -> None:
+    """Starting on a port another server holds raises ConfigError naming mailer.toml and tracking.listen, and stops its queue."""
+    async with serving(tmp_path) as first:
+        config = make_config(tmp_path, 2525, tracking={"listen": f"127.0.0.1:{first.server.port}"})
+        second = TrackingServer(config=config, store=first.store, links=first.links, clock=first.clock)
+        with pytest.raises(ConfigError) as raised:
+            await second.start()
+        error = raised.value
+        assert (error.file, error.field) == (str(tmp_path / "mailer.toml"), "tracking.listen")
+        assert error.problem == f"127.0.0.1:{first.server.port} is in use (another mailer serve, or another program)"
+        # nothing of the failed start is left running: one event writer, the first server's
+        assert [task.get_name() for task in asyncio.all_tasks()].count("tracking-events") == 1
