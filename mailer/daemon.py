@@ -231,6 +231,9 @@ class Daemon:
         except BaseException:
             builders.cancel()
             await asyncio.gather(builders, return_exceptions=True)
+            if self.listener is not None:  # started before the tracking server failed to
+                with contextlib.suppress(Exception):
+                    await self.listener.stop()
             for worker in self._workers:  # those added for build processes that did start
                 worker.cancel()
             await asyncio.gather(*self._workers, return_exceptions=True)

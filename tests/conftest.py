@@ -106,6 +106,7 @@ def write_workspace(root: Path, scenario: str = THREE_STEPS) -> None:
     # The daemon signs every message's links (pixel, clicks, unsubscribe) with the workspace key.
     if not (root / "mailer.key").exists():
         (root / "mailer.key").write_text("k" * 48 + "\n")
+        (root / "mailer.key").chmod(0o600)  # as `mailer init` writes it: no permission warning
 
 
 def make_config(root: Path, port: int, **sections: dict[str, object]) -> Config:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import sqlite3
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from mailer.api import MAX_BODY, ApiServer, is_loopback
 from mailer.apiinput import ApiError, parse_events, parse_lead
 from mailer.apikeys import bearer_token, key_hash, new_api_key
 from mailer.clock import FakeClock
+from mailer.errors import ConfigError
 from mailer.leads import Lead
 from mailer.scenario import load_scenario
 from mailer.scoremodel import API_EVENT_TYPES, AccountChange, GradeResult, LeadChange, ScoreResult, StageChange
@@ -470,3 +472,19 @@ def test_any_json_is_read_or_refused_with_a_400(body: Any) -> None:
             parse()
         except ApiError as error:
             assert error.status == 400 and error.field is not None
+
+
+async def test_an_api_port_in_use_is_a_config_error_naming_api_listen(tmp_path: Path) -> None:
+    """A port another program holds is refused as the api.listen setting's fault, for the daemon's retry line to say so."""
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        config = make_config(tmp_path, 2525, api={"listen": f"127.0.0.1:{port}"})
+        async with SQLiteStore(tmp_path / "mailer.db") as store:
+            server = ApiServer(config=config, store=store, clock=FakeClock(NOW), scoring=ScoringConfig)
+            with pytest.raises(ConfigError) as caught:
+                await server.start()
+            await server.stop()
+    assert caught.value.field == "api.listen" and f"127.0.0.1:{port} is in use" in str(caught.value)
+    assert "mailer.toml" in str(caught.value)
