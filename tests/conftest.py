@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import socket
 import sqlite3
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -156,3 +157,12 @@ def rows(store: SQLiteStore, sql: str, params: tuple[Any, ...] = ()) -> list[tup
     """Read (or write) committed data through a second, independent connection to the same file."""
     with sqlite3.connect(store.path) as db:
         return list(db.execute(sql, params))
+
+
+@pytest.fixture
+def held_port() -> Iterator[int]:
+    """A loopback port another program is listening on."""
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        yield holder.getsockname()[1]

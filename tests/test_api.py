@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import sqlite3
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -474,17 +473,14 @@ def test_any_json_is_read_or_refused_with_a_400(body: Any) -> None:
             assert error.status == 400 and error.field is not None
 
 
-async def test_an_api_port_in_use_is_a_config_error_naming_api_listen(tmp_path: Path) -> None:
+async def test_an_api_port_in_use_is_a_config_error_naming_api_listen(tmp_path: Path, held_port: int) -> None:
     """A port another program holds is refused as the api.listen setting's fault, for the daemon's retry line to say so."""
-    with socket.socket() as held:
-        held.bind(("127.0.0.1", 0))
-        held.listen()
-        port = held.getsockname()[1]
-        config = make_config(tmp_path, 2525, api={"listen": f"127.0.0.1:{port}"})
-        async with SQLiteStore(tmp_path / "mailer.db") as store:
-            server = ApiServer(config=config, store=store, clock=FakeClock(NOW), scoring=ScoringConfig)
-            with pytest.raises(ConfigError) as caught:
-                await server.start()
-            await server.stop()
+    port = held_port
+    config = make_config(tmp_path, 2525, api={"listen": f"127.0.0.1:{port}"})
+    async with SQLiteStore(tmp_path / "mailer.db") as store:
+        server = ApiServer(config=config, store=store, clock=FakeClock(NOW), scoring=ScoringConfig)
+        with pytest.raises(ConfigError) as caught:
+            await server.start()
+        await server.stop()
     assert caught.value.field == "api.listen" and f"127.0.0.1:{port} is in use" in str(caught.value)
     assert "mailer.toml" in str(caught.value)

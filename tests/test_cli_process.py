@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 
 from conftest import write_workspace
 
@@ -20,15 +17,6 @@ def mailer(workspace: Path, *args: str, stdout: int | None = subprocess.PIPE) ->
         [sys.executable, "-m", "mailer", *args],
         cwd=workspace, stdout=stdout, stderr=subprocess.PIPE, text=True, env=os.environ.copy(), timeout=120,
     )
-
-
-@pytest.fixture
-def held_port() -> Iterator[int]:
-    """A loopback port another program is listening on."""
-    with socket.socket() as holder:
-        holder.bind(("127.0.0.1", 0))
-        holder.listen()
-        yield holder.getsockname()[1]
 
 
 def serve_workspace(root: Path, *, tracking: str, bounces: str = "") -> Path:

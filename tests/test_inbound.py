@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
-from collections.abc import Iterator
 from datetime import datetime, timezone
 
 import pytest
@@ -15,15 +13,6 @@ from mailer.config import BouncesConfig
 from mailer.errors import ConfigError
 from mailer.inbound import BounceListener
 from mailer.sqlitestore import SQLiteStore
-
-
-@pytest.fixture
-def held_port() -> Iterator[int]:
-    """A loopback port another program is listening on."""
-    with socket.socket() as holder:
-        holder.bind(("127.0.0.1", 0))
-        holder.listen()
-        yield holder.getsockname()[1]
 
 
 def listener(store: SQLiteStore, listen: str) -> BounceListener:

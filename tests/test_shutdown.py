@@ -24,6 +24,15 @@ async def start_daemon(config: Path) -> asyncio.subprocess.Process:
     )
 
 
+async def workspace_for(root: Path, server: CaptureServer, *, leads: int) -> Path:
+    """The config of a workspace sending to `server`, its `leads` imported to the scenario's list."""
+    config = root / "mailer.toml"
+    config.write_text(SERVE_CONFIG.format(port=server.port))
+    async with SQLiteStore(root / "mailer.db") as store:
+        await store.upsert_leads(make_leads(leads), list_name="signups", now=datetime.now(timezone.utc))
+    return config
+
+
 def states(db: Path) -> dict[str, int]:
     with sqlite3.connect(db) as connection:
         return dict(connection.execute("SELECT state, count(*) FROM messages GROUP BY state").fetchall())
@@ -34,11 +43,7 @@ async def test_sigterm_mid_batch_loses_nothing_and_restart_finishes(tmp_path: Pa
     write_workspace(tmp_path, ONE_STEP)
     async with CaptureServer() as server:
         server.data_delay = 0.15  # slow enough that the signal lands mid-batch
-        config = tmp_path / "mailer.toml"
-        config.write_text(SERVE_CONFIG.format(port=server.port))
-        async with SQLiteStore(tmp_path / "mailer.db") as store:
-            await store.upsert_leads(make_leads(50), list_name="signups", now=datetime.now(timezone.utc))
-
+        config = await workspace_for(tmp_path, server, leads=50)
         daemon = await start_daemon(config)
         await server.wait_for(10, timeout=30)
         daemon.send_signal(signal.SIGTERM)
@@ -71,11 +76,7 @@ async def test_sigterm_sends_only_the_transactions_under_way(tmp_path: Path) -> 
     write_workspace(tmp_path, ONE_STEP)
     async with CaptureServer() as server:
         server.data_delay = 1.0  # every transaction is slow: the workers' other messages wait for a session
-        config = tmp_path / "mailer.toml"
-        config.write_text(SERVE_CONFIG.format(port=server.port))
-        async with SQLiteStore(tmp_path / "mailer.db") as store:
-            await store.upsert_leads(make_leads(100), list_name="signups", now=datetime.now(timezone.utc))
-
+        config = await workspace_for(tmp_path, server, leads=100)
         daemon = await start_daemon(config)
         await server.wait_for(4, timeout=30)
         await asyncio.sleep(0.5)  # the workers have claimed and built more than the sessions can carry
