@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from enum import StrEnum
 
-from mailer.reasons import NOT_ABOUT_RECIPIENT, SENDER_PROBLEMS, BounceClass, Reason
+from mailer.reasons import SENDER_PROBLEMS, BounceClass, Reason
 
 
 class Action(StrEnum):
@@ -50,7 +50,7 @@ def decide(reason: Reason, bounce_class: BounceClass, *, earlier_soft: int, poli
         return Action.COMPLAINT
     if bounce_class is BounceClass.NONE:
         return Action.RECORD
-    if reason in NOT_ABOUT_RECIPIENT:
+    if reason in SENDER_PROBLEMS:
         return Action.SENDER_ALERT
     if bounce_class is BounceClass.HARD:
         return Action.SUPPRESS

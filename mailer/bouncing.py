@@ -15,7 +15,7 @@ from datetime import datetime
 from mailer.bouncepolicy import SUPPRESSION_REASONS, Action, BouncePolicy, decide
 from mailer.config import BouncesConfig
 from mailer.dsn import BouncedRecipient, BounceReport, parse_bounce
-from mailer.reasons import NOT_ABOUT_RECIPIENT, BounceClass, Reason
+from mailer.reasons import SENDER_PROBLEMS, BounceClass, Reason
 from mailer.store import BounceRecord, MessageRef, Store
 from mailer.tokens import Signer
 from mailer.verp import message_of
@@ -87,7 +87,7 @@ class BounceIntake:
         email = message.email if message is not None else recipient.address.lower()
         reason, bounce_class = recipient.reason, recipient.bounce_class
         earlier = 0
-        if bounce_class is BounceClass.SOFT and reason not in NOT_ABOUT_RECIPIENT:
+        if bounce_class is BounceClass.SOFT and reason not in SENDER_PROBLEMS:
             earlier = await self.store.soft_bounces_since(email, now - self.policy.soft_window)
         action = decide(reason, bounce_class, earlier_soft=earlier, policy=self.policy)
         if message is None and action in (Action.SUPPRESS, Action.ESCALATE, Action.COMPLAINT):

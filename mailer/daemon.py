@@ -48,7 +48,7 @@ from mailer.bouncing import BounceIntake
 from mailer.inbound import BounceListener
 from mailer.bouncepolicy import SUPPRESSION_REASONS, Action, BouncePolicy, decide, deferral_matters, suppresses
 from mailer.classify import classify_reply
-from mailer.reasons import NOT_ABOUT_RECIPIENT, BounceClass, Reason
+from mailer.reasons import BounceClass, Reason, about_the_session
 from mailer.reply import SESSION_COMMANDS
 from mailer.retry import RetryPolicy
 from mailer.tokens import Signer
@@ -739,9 +739,10 @@ class Daemon:
             elif not deferral_matters(reason, reply.text):
                 return retried
         earlier = 0
-        if bounce_class is BounceClass.SOFT and reason not in NOT_ABOUT_RECIPIENT:
+        ours = about_the_session(reason, reply.command)
+        if bounce_class is BounceClass.SOFT and not ours:
             earlier = await self.store.soft_bounces_since(lead.email, now - self.bounce_policy.soft_window)
-        action = decide(reason, bounce_class, earlier_soft=earlier, policy=self.bounce_policy)
+        action = Action.SENDER_ALERT if ours else decide(reason, bounce_class, earlier_soft=earlier, policy=self.bounce_policy)
         outcome = self._outcome(message, MessageState.FAILED, now, reply=reply) if suppresses(action) else retried
         if action is Action.SENDER_ALERT:
             # the warm-up budget was told the reply: a block pauses that provider for this IP

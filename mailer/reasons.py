@@ -83,14 +83,20 @@ SENDER_PROBLEMS = frozenset(
     }
 )
 
-# Not about the recipient either: the SMTP conversation itself went wrong (RFC 5321 4.2.2:
-# 500-504 are syntax and command-sequence errors), ours or a broken server's, such as a relay
-# answering 500 to DATA because its own mailbox store failed. Retried and reported, but it
-# neither suppresses nor counts toward an escalation; it is no throttle signal either.
+# A syntax or command-sequence error (RFC 5321 4.2.2: 500-504) after the recipient was taken,
+# at DATA or the final dot, is the SMTP conversation going wrong, ours or a broken server's
+# (a relay answering 500 to the data because its own mail store failed): nothing about the
+# recipient. The same reason at RCPT (504 5.5.2 "need fully-qualified address") or in a DSN
+# may well be about the address, so only the send path, which knows the command, exempts it
+# (mailer.daemon): retried and alerted, never suppressing nor counted toward escalation.
 PROTOCOL_PROBLEMS = frozenset({Reason.SYNTAXERROR})
 
-# Whatever the class, these say nothing about the lead: never suppressed or scored for them.
-NOT_ABOUT_RECIPIENT = SENDER_PROBLEMS | PROTOCOL_PROBLEMS
+
+def about_the_session(reason: Reason, command: str | None) -> bool:
+    """Whether a refusal at `command` says nothing about the recipient: the sender's problem,
+    or a protocol error once the recipient was accepted."""
+    return reason in SENDER_PROBLEMS or (reason in PROTOCOL_PROBLEMS and command in ("DATA", "DOT"))
+
 
 # Sisimai 5.2 SMTP::Failure.is_softbounce: a null-MX style refusal is temporary only when it
 # says so, in its code or in its text.

@@ -31,13 +31,13 @@ from operator import attrgetter
 from typing import Any
 
 from mailer.classify import classify_reply
-from mailer.reasons import ALWAYS_HARD, NOT_ABOUT_RECIPIENT, BounceClass
+from mailer.reasons import ALWAYS_HARD, SENDER_PROBLEMS, BounceClass
 from mailer.scoremodel import ENGAGEMENT_TYPES, Contribution, ScoreResult, ScoringEvent
 from mailer.scoringrules import ScoreRule
 
 _DAY = 86_400.0
 _BY_TIME = attrgetter("at", "key")
-_NOT_ABOUT_RECIPIENT = frozenset(reason.value for reason in NOT_ABOUT_RECIPIENT)
+_SENDER_PROBLEMS = frozenset(reason.value for reason in SENDER_PROBLEMS)
 _ALWAYS_HARD = frozenset(reason.value for reason in ALWAYS_HARD)
 # mailer.bouncepolicy.Action.SUPPRESS: a hard bounce that is the address's fault, not ours
 _SUPPRESS = "suppress"
@@ -79,8 +79,8 @@ def _hard_bounce(data: Mapping[str, Any]) -> bool:
 
     A bounce row carries the reason and the bounce policy's action; a failed row only the
     SMTP reply, which is classified again (mailer.classify is deterministic). A refusal
-    that is the sender's problem (a block, a bad reputation) or a protocol error (a 500
-    from a broken relay) says nothing about the lead;
+    that is the sender's problem (a block, a bad reputation) says nothing about the lead
+    (nor does a protocol error at DATA: recorded as a sender alert, never hard);
     a failure with no reply at all (a template that did not build) is no bounce.
     """
     reason, bounce_class = data.get("reason"), data.get("bounce_class")
@@ -89,7 +89,7 @@ def _hard_bounce(data: Mapping[str, Any]) -> bool:
             data["code"], _text(data.get("enhanced")), _text(data.get("text")), _text(data.get("command")),
             _text(data.get("host")),
         )
-    if reason in _NOT_ABOUT_RECIPIENT:
+    if reason in _SENDER_PROBLEMS:
         return False
     return data.get("action") == _SUPPRESS or bounce_class == BounceClass.HARD.value or reason in _ALWAYS_HARD
 

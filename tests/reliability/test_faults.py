@@ -46,6 +46,7 @@ from mailer.testing import (
 from .harness import daemon_run
 
 RELAY_ERROR_500 = "500 Error: (FileNotFoundError) [Errno 2] No such file or directory: 'mail/tmp'"
+ADDRESS_SYNTAX_504 = "504 5.5.2 <lead>: Recipient address rejected: need fully-qualified address"
 MESSAGES = 60
 SHARE = 0.2  # of transactions (or sessions) that meet the fault
 # Timeouts short enough to play a timeout in a second, long enough that a busy 2-core
@@ -94,6 +95,9 @@ CASES = [
     # missing maildir does exactly this): a protocol problem, said of no recipient. Fired on
     # most transactions, so one address meets it again and again, and nobody is suppressed.
     Case("F14 500-relay-error@DOT", reply_with("DOT", RELAY_ERROR_500, fraction=0.6)),
+    # The same reason at RCPT speaks of the address: soft bounces, escalated on the third.
+    Case("F14b 504-5.5.2@RCPT", reply_with("RCPT", ADDRESS_SYNTAX_504, fraction=0.6),
+         suppression="soft-bounce-escalation", escalates_after=3),
     Case("F13b starttls-454", reply_with("STARTTLS", "454 4.7.0 TLS not available due to temporary reason", fraction=0.5), tls=True),
 ]
 
