@@ -35,7 +35,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             return _main(argv)
         finally:
-            sys.stdout.flush()  # a reader gone away shows here, inside the guard, not at exit
+            if sys.stdout is not None:  # None when started with fd 1 closed (`mailer serve >&-`)
+                sys.stdout.flush()  # a reader gone away shows here, inside the guard, not at exit
     except BrokenPipeError:
         if not _stdout_closed():
             raise  # some other pipe: a bug to see, not a quiet exit

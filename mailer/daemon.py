@@ -29,6 +29,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from datetime import datetime, timedelta
+from pathlib import Path
 
 import dns.asyncresolver
 
@@ -196,8 +197,9 @@ class Daemon:
         for text in now.keys() - before.keys():
             log.error("%s (this scenario is paused)", text)
         for text, error in before.items():
-            if text not in now and not any(e.file == error.file for e in errors):
-                log.info("%s: read again without errors; its scenario runs", error.file or "scenarios")
+            mended = error.file is not None and Path(error.file).is_file()  # a deleted file is not mended
+            if text not in now and mended and not any(e.file == error.file for e in errors):
+                log.info("%s: read again without errors", error.file)
         return errors
 
     # -- the loop ------------------------------------------------------------------------
@@ -688,7 +690,9 @@ class Daemon:
             # expiring by the same maximum age) until the template is fixed.
             self.outbound.release(grant)
             self._log_template_error(str(error), now)
-            return self._temporary(message, now, None, detail=f"template: {error}"), ""
+            # not attempted, so its attempts do not grow: the backoff is read from its age
+            tries = self.retry.tries_by(now - message.created_at)
+            return self._temporary(message, now, None, detail=f"template: {error}", tries=tries), ""
         except BaseException as error:
             self.outbound.release(grant)
             if isinstance(error, BuildUnavailable):  # nothing was attempted: back soon, as a hold
@@ -755,7 +759,9 @@ class Daemon:
         )
         return dataclasses.replace(outcome, bounce=bounce)
 
-    def _temporary(self, message: ClaimedMessage, now: datetime, reply: SMTPReply | None, *, detail: str = "") -> Outcome:
+    def _temporary(
+        self, message: ClaimedMessage, now: datetime, reply: SMTPReply | None, *, detail: str = "", tries: int | None = None,
+    ) -> Outcome:
         """Deferred for a retry, or expired past the maximum age; `reply` None: no SMTP attempt.
 
         The maximum age counts from the first SMTP attempt (RFC 5321 4.5.4.1 gives up on
@@ -763,7 +769,8 @@ class Daemon:
         scenario gone, an internal error) counts from its creation, so it cannot wait forever.
         """
         first = message.first_attempt_at or (now if reply is not None else message.created_at)
-        retry_at = self.retry.next_attempt(attempt=message.attempts + 1, first_attempt_at=first, now=now, rng=self.rng)
+        attempt = message.attempts + 1 if tries is None else tries
+        retry_at = self.retry.next_attempt(attempt=attempt, first_attempt_at=first, now=now, rng=self.rng)
         attempted = reply is not None
         if retry_at is None:
             detail = detail or "gave up after the maximum age"

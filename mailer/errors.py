@@ -65,10 +65,15 @@ def _as_typed(file: str) -> str:
     if not path.is_absolute():
         return file
     try:
-        below = path.relative_to(Path.cwd())
+        here = Path.cwd()
+        below = path.relative_to(here)
     except (ValueError, OSError):  # elsewhere, or the current directory is gone
         return file
-    return str(below) if below.parts else file
+    # From / (a service's usual folder) every path is "below": it keeps its leading slash; and
+    # relative_to is textual, so a path climbing out with .. is not below at all.
+    if here == Path(here.anchor) or ".." in below.parts or not below.parts:
+        return file
+    return str(below)
 
 
 class ConfigError(UserError):

@@ -30,6 +30,15 @@ class RetryPolicy:
         spread = 1.0 + rng.uniform(-self.jitter, self.jitter)
         return base * spread
 
+    def tries_by(self, elapsed: timedelta) -> int:
+        """How many tries the backoff has made `elapsed` after the first, for a message whose
+        tries are not counted (no SMTP attempt was made): 20 min, 40, 80, … then the cap."""
+        tries, waited, wait = 1, timedelta(0), self.first
+        while wait > timedelta(0) and waited + wait <= elapsed:
+            waited, tries = waited + wait, tries + 1
+            wait = min(wait * 2, self.max_interval)
+        return tries
+
     def next_attempt(
         self, *, attempt: int, first_attempt_at: datetime, now: datetime, rng: random.Random
     ) -> datetime | None:

@@ -260,11 +260,14 @@ class TrackingServer:
         if list_config is None:
             # A list only `leads import --list` made has no settings (double opt-in, sender,
             # title), so a sign-up for it could not be handled as the operator means.
+            # What to change is the operator's to read, in the log; a visitor is told no more than
+            # that this form cannot take sign-ups (nor is their own text shown back to them).
             if not list_name:
-                return self._refuse(request, lang, "the form has no list field: add <input type=hidden name=list value=NAME>")
-            return self._refuse(
-                request, lang, f"unknown list {list_name!r}: declare [lists.{list_name}] in mailer.toml to accept sign-ups for it"
-            )
+                log.warning("a sign-up form without a list field: add <input type=hidden name=list value=NAME>")
+            else:
+                log.warning("a sign-up for the undeclared list %r: declare [lists.%s] in mailer.toml to accept them",
+                            list_name[:64], list_name[:64])
+            return self._refuse(request, lang, "this form does not accept sign-ups")
         try:
             if len(fields.get("email", "")) > MAX_EMAIL:
                 raise EmailNotValidError(f"longer than {MAX_EMAIL} characters")

@@ -41,3 +41,12 @@ def test_the_rendering_follows_a_file_named_later(tmp_path: Path, monkeypatch: p
     error = ConfigError("127.0.0.1:8080 is in use", field="tracking.listen")
     error.file = str(tmp_path / "mailer.toml")
     assert str(error) == "mailer.toml: tracking.listen: 127.0.0.1:8080 is in use"
+
+
+def test_from_the_root_folder_or_through_dotdot_a_path_keeps_its_absolute_form(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A service run from / keeps /etc/... (not etc/...), and a path that climbs out with .. is not shown as below."""
+    monkeypatch.chdir("/")
+    assert ScenarioError("bad", file="/etc/mailer/scenarios/x.yaml", line=3).render() == "/etc/mailer/scenarios/x.yaml:3: bad"
+    monkeypatch.chdir(tmp_path)
+    climbing = f"{tmp_path}/a/../../etc/passwd"
+    assert ScenarioError("bad", file=climbing).render() == f"{climbing}: bad"

@@ -120,3 +120,13 @@ def test_default_policy_equals_default_config() -> None:
 def test_same_seed_gives_same_delay(attempt: int) -> None:
     """The policy is pure: the same random state yields the same delay."""
     assert RetryPolicy().delay(attempt, random.Random(7)) == RetryPolicy().delay(attempt, random.Random(7))
+
+
+def test_tries_by_reads_the_backoff_from_a_messages_age() -> None:
+    """A message whose tries are not counted (a broken template) backs off by its age: 20 min, 40, 80, then the 4-hour cap."""
+    policy = RetryPolicy()
+    ages = [timedelta(0), timedelta(minutes=19), timedelta(minutes=20), timedelta(minutes=60), timedelta(minutes=140)]
+    assert [policy.tries_by(age) for age in ages] == [1, 1, 2, 3, 4]
+    delays = [policy.delay(policy.tries_by(timedelta(hours=h)), random.Random(1)) / timedelta(minutes=1) for h in (0, 1, 3, 24)]
+    assert delays == sorted(delays) and delays[-1] <= 4 * 60 * 1.2
+    assert policy.tries_by(timedelta(days=4)) < 40  # the cap stops the doubling: a day is six 4-hour waits
