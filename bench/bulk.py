@@ -51,11 +51,20 @@ LAST = ["山田", "鈴木", "Nguyen", "O'Hara", "Müller", "García", "Kowalski"
 CHUNK = 50_000  # rows per executemany: large enough to be fast, small enough to stay lean
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    """A loopback TCP port nobody listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+    """A loopback TCP port nobody listens on right now, and none this run handed out before:
+    the kernel may give a port just closed again, and the sink, the tracking server and the
+    bounce listener must not be told the same one."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = int(probe.getsockname()[1])
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 def write_workspace(root: Path, *, sink_port: int, concurrency: int, dkim: bool = True) -> Path:
@@ -67,6 +76,7 @@ def write_workspace(root: Path, *, sink_port: int, concurrency: int, dkim: bool 
     for name in ("layout.html", "welcome.html", "welcome.txt"):
         shutil.copyfile(examples().templates / name, root / "templates" / name)
     (root / "mailer.key").write_text("bench-secret-key-" * 4 + "\n", encoding="utf-8")
+    (root / "mailer.key").chmod(0o600)  # as `mailer init` writes it
     dkim_section = ""
     if dkim:
         generate_rsa_key(root / "dkim.pem")
