@@ -47,7 +47,7 @@ from mailer.apiinput import (
 )
 from mailer.apikeys import bearer_token, key_hash
 from mailer.clock import Clock
-from mailer.config import Config, listen_address, listen_error
+from mailer.config import Config, binding, listen_address
 from mailer.errors import UserError
 from mailer.leads import Lead
 from mailer.scenario import Scenario
@@ -100,10 +100,8 @@ class ApiServer:
         # no access log: addresses are in the paths
         self._runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=5.0)
         await self._runner.setup()
-        try:
+        with binding(self.config.api.listen, field="api.listen", file=self.config.path):  # the daemon's retry line says it
             await web.TCPSite(self._runner, self.host, self.port).start()
-        except OSError as error:  # retried by the daemon: its log line says what to change
-            raise listen_error(error, listen=self.config.api.listen, field="api.listen", file=self.config.path) or error from None
         self.port = self._runner.addresses[0][1]
         if not is_loopback(self.host):
             log.warning("the API listens on %s:%d, beyond this machine: API keys cross the network in the clear "

@@ -325,14 +325,8 @@ def _serve(args: argparse.Namespace) -> int:
         log.info("stopped: %s", report.outcomes)
         return 0
 
-    try:
-        with serve_lock(config.store):
-            return asyncio.run(run())
-    except ConfigError as error:
-        # A server that cannot bind knows the setting (bounces.listen), not the file it is in.
-        if error.file is None:
-            error.file = str(config.path)
-        raise
+    with serve_lock(config.store):
+        return asyncio.run(run())
 
 
 def _validate(args: argparse.Namespace) -> int:

@@ -17,6 +17,8 @@ import re
 import socket
 import stat
 import tomllib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from email.utils import parseaddr
@@ -590,6 +592,19 @@ def listen_address(listen: str, *, field: str, example: str) -> tuple[str, int]:
     if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise ConfigError(f"not HOST:PORT: {listen!r}", field=field, hint=f'write e.g. "{example}"')
     return host.strip("[]"), int(port)
+
+
+@contextmanager
+def binding(listen: str, *, field: str, file: Path | None) -> Iterator[None]:
+    """Around a server's bind of `listen`: the setting's fault becomes a ConfigError naming
+    file and field; any other failure passes as it is."""
+    try:
+        yield
+    except OSError as error:
+        mistake = listen_error(error, listen=listen, field=field, file=file)
+        if mistake is None:
+            raise
+        raise mistake from None
 
 
 def listen_error(error: OSError, *, listen: str, field: str, file: Path | None) -> ConfigError | None:

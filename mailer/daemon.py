@@ -392,7 +392,8 @@ class Daemon:
             return None
         intake = BounceIntake(store=self.store, signer=self.signer, config=bounces)
         self.listener = BounceListener(
-            intake=intake, domain=bounces.domain, clock=self.clock, listen=bounces.listen, unsubscribe=self._mailto_unsubscribe
+            intake=intake, domain=bounces.domain, clock=self.clock, listen=bounces.listen, unsubscribe=self._mailto_unsubscribe,
+            config_file=self.config.path,
         )
         await self.listener.start()
         return self.listener

@@ -55,7 +55,7 @@ class UserError(MailerError):
         return f"{where}{field}{self.problem}{hint}"
 
     def __str__(self) -> str:
-        # rendered when shown, not when raised: the file may be named later (see cli._serve)
+        # rendered when shown: a path is named relative to the folder the user is in then
         return self.render()
 
 

@@ -14,13 +14,14 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from mailer.bouncing import BounceIntake, IntakeReport
 from mailer.clock import Clock
-from mailer.config import listen_address, listen_error
+from mailer.config import binding, listen_address
 
 log = logging.getLogger("mailer.inbound")
 
@@ -45,30 +46,26 @@ class BounceListener:
         clock: Clock,
         listen: str,
         unsubscribe: Callable[[str], Awaitable[bool]] | None = None,
+        config_file: Path | None = None,
     ) -> None:
         self.intake = intake
         self.unsubscribe = unsubscribe  # reads an unsubscribe+<token> address; True when it was one
         self.domain = domain.lower()
         self.clock = clock
         self.listen = listen
+        self.config_file = config_file  # named in a bind error (mailer.toml)
         self.host, self.port = listen_address(listen, field="bounces.listen", example="127.0.0.1:2525")
         self.report = IntakeReport()
         self._server: asyncio.base_events.Server | None = None
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        try:
+        with binding(self.listen, field="bounces.listen", file=self.config_file):
             self._server = await loop.create_server(
                 lambda: _BounceSMTP(self, hostname=self.domain, data_size_limit=MAX_BOUNCE_BYTES, enable_SMTPUTF8=True),
                 self.host,
                 self.port,
             )
-        except OSError as error:
-            # The listener knows its field, not its file: `mailer serve` names mailer.toml.
-            mistake = listen_error(error, listen=self.listen, field="bounces.listen", file=None)
-            if mistake is None:
-                raise
-            raise mistake from None
         self.port = self._server.sockets[0].getsockname()[1]
         log.info("receiving bounces for %s on %s:%d", self.domain, self.host, self.port)
 

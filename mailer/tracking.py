@@ -33,7 +33,7 @@ from email_validator import EmailNotValidError, validate_email
 
 from mailer import webpages
 from mailer.clock import Clock
-from mailer.config import Config, listen_address, listen_error
+from mailer.config import Config, binding, listen_address
 from mailer.eventqueue import EventQueue
 from mailer.links import Links
 from mailer.machine import ALL_LINKS_SECONDS, RecentClick, Verdict, is_machine_request, judge_click, judge_open
@@ -128,14 +128,12 @@ class TrackingServer:
         # no access log: recipients' addresses stay out of the logs, and it costs a third of the pixel's time
         self._runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=5.0)
         await self._runner.setup()
-        try:
-            await web.TCPSite(self._runner, self.host, self.port).start()
-        except OSError as error:
-            await self.stop()  # the daemon never stops a server that did not start
-            mistake = listen_error(error, listen=self.config.tracking.listen, field="tracking.listen", file=self.config.path)
-            if mistake is None:
+        with binding(self.config.tracking.listen, field="tracking.listen", file=self.config.path):
+            try:
+                await web.TCPSite(self._runner, self.host, self.port).start()
+            except OSError:
+                await self.stop()  # the daemon never stops a server that did not start
                 raise
-            raise mistake from None
         self.port = self._runner.addresses[0][1]
         log.info("tracking on %s:%d, links at %s", self.host, self.port, self.links.base_url)
 
@@ -265,8 +263,8 @@ class TrackingServer:
             if not list_name:
                 log.warning("a sign-up form without a list field: add <input type=hidden name=list value=NAME>")
             else:
-                log.warning("a sign-up for the undeclared list %r: declare [lists.%s] in mailer.toml to accept them",
-                            list_name[:64], list_name[:64])
+                shown = list_name[:64]
+                log.warning("a sign-up for the undeclared list %r: declare [lists.%s] in mailer.toml to accept them", shown, shown)
             return self._refuse(request, lang, "this form does not accept sign-ups")
         try:
             if len(fields.get("email", "")) > MAX_EMAIL:
