@@ -24,6 +24,7 @@ from mailer.config import CONFIG_NAME, STARTER_CONFIG, Config, load_config
 from mailer.consent import REASONS
 from mailer.errors import ConfigError, MailerError, UserError
 from mailer.store import BounceRecord
+from mailer.wording import counted
 
 EXIT_USER_ERROR = 2
 # What a shell reports for a command ended by SIGPIPE (128 + 13), as for `yes | head`.
@@ -317,12 +318,13 @@ def _serve(args: argparse.Namespace) -> int:
             errors = daemon.load_scenarios()
             if not daemon.scenarios and errors:
                 raise errors[0]
-            log.info(
-                "serving %d scenarios from %s through %s:%d",
-                len(daemon.scenarios), config.scenarios, config.relay.host, config.relay.port,
+            route = (
+                "straight to recipients' MX hosts" if config.delivery.mode == "direct"
+                else f"through {config.relay.host}:{config.relay.port}"
             )
+            log.info("serving %s from %s %s", counted(len(daemon.scenarios), "scenario"), config.scenarios, route)
             report = await daemon.serve(stop)
-        log.info("stopped: %s", report.outcomes)
+        log.info("stopped: %s", report.summary())
         return 0
 
     with serve_lock(config.store):

@@ -54,6 +54,7 @@ from mailer.reply import SESSION_COMMANDS
 from mailer.retry import RetryPolicy
 from mailer.tokens import Signer
 from mailer.verp import verp_address
+from mailer.wording import counted
 from mailer.scenario import Scenario, load_scenarios
 from mailer.store import BounceRecord, ClaimedMessage, EnrollmentUpdate, NewMessage, Outcome, Store
 from mailer.transport import Envelope, Transport
@@ -104,13 +105,24 @@ class Report:
     outcomes: dict[str, int] = field(default_factory=dict)  # attempts by their outcome
 
     def count(self, outcome: Outcome) -> None:
-        """One attempt's outcome; one not attempted (held, handed back at a stop) apart from
-        the deferrals, as the same message may be held many times."""
+        """One attempt's outcome; one not attempted apart from the deferrals, as the same
+        message may be held many times: held (a budget or breaker: back by itself), kept (its
+        template or scenario needs a fix), handed back (unstarted at a stop)."""
         if outcome.attempted or outcome.state not in (MessageState.DEFERRED, MessageState.QUEUED):
             key = outcome.state.value
+        elif outcome.state is MessageState.QUEUED:
+            key = "handed back"
         else:
-            key = "held" if outcome.state is MessageState.DEFERRED else "handed back"
+            key = "held" if outcome.held else "kept"
         self.outcomes[key] = self.outcomes.get(key, 0) + 1
+
+    def summary(self) -> str:
+        """The counts in words, most telling first: "120 sent, 3 deferred, 40 held"."""
+        words = {"kept": "kept for a template or scenario fix"}
+        order = ("sent", "deferred", "failed", "expired", "suppressed", "held", "kept", "handed back")
+        keys = sorted(self.outcomes, key=lambda key: order.index(key) if key in order else len(order))
+        said = [f"{self.outcomes[key]} {words.get(key, key)}" for key in keys if self.outcomes[key]]
+        return ", ".join(said) or "no message attempted"
 
 
 OutcomeListener = Callable[[ClaimedMessage, Outcome, str], None]
@@ -216,7 +228,7 @@ class Daemon:
             # only the leases of daemons that are gone: one running beside this one keeps its own
             recovered = await self.presence.start(on_recovered=self._wake.set)
             if recovered:
-                log.warning("%d messages were in flight at the last stop; they are queued again", recovered)
+                log.warning("%s in flight at the last stop; queued again", counted(recovered, "message was", "messages were"))
             # today's warm-up use and the throttles: a restart does not reset a day's budget
             self.outbound.budget = await load_budget(self.store, self.warmup_plan, self.clock.now())
             if not self.scenarios:
@@ -467,7 +479,7 @@ class Daemon:
                 )
         self.report.entered += entered
         if entered:
-            log.info("%d leads entered scenarios", entered)
+            log.info("%s entered scenarios", counted(entered, "lead"))
         return entered
 
     async def schedule_due(self, now: datetime, *, pages: int | None = None) -> bool:
@@ -792,7 +804,9 @@ class Daemon:
 
     def _held(self, message: ClaimedMessage, now: datetime, hold: Hold) -> Outcome:
         """Not attempted: back at `hold.until`, neither counted as an attempt nor ever expiring for it."""
-        return self._outcome(message, MessageState.DEFERRED, now, next_attempt_at=hold.until, detail=hold.reason, attempted=False)
+        return self._outcome(
+            message, MessageState.DEFERRED, now, next_attempt_at=hold.until, detail=hold.reason, attempted=False, held=True,
+        )
 
     @staticmethod
     def _outcome(message: ClaimedMessage, state: MessageState, at: datetime, **extra: object) -> Outcome:

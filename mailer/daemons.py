@@ -29,6 +29,8 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from mailer.wording import counted
+
 if TYPE_CHECKING:
     from mailer.clock import Clock
     from mailer.store import Store
@@ -190,5 +192,5 @@ class Presence:
             await self.store.register_daemon(self.record())
         recovered = await self.recover(sweep=sweep)
         if recovered:
-            log.warning("%d messages leased by daemons that are gone are queued again", recovered)
+            log.warning("%s leased by daemons that are gone: queued again", counted(recovered, "message", "messages"))
             self._on_recovered()

@@ -41,6 +41,7 @@ from mailer.scoremodel import HistoryEntry
 from mailer.stages import account_of
 from mailer.store import ClaimedMessage, Outcome, Store, open_store
 from mailer.testing import CaptureServer
+from mailer.wording import counted
 
 DEMO_LIST = "trial-signups"
 
@@ -114,7 +115,7 @@ async def run_demo(*, workspace: Path | None, days: float, seconds: float) -> in
             print(f"  leads.csv:{rejection.line}: rejected {rejection.email!r}: {rejection.reason}")
         async with open_store(config) as store:
             counts = await store.upsert_leads(plan.leads, list_name=DEMO_LIST, now=datetime.now().astimezone())
-            print(f"imported {counts.created} leads into list {DEMO_LIST!r} ({len(plan.rejected)} row rejected)\n")
+            print(f"imported {counted(counts.created, 'lead')} into list {DEMO_LIST!r} ({counted(len(plan.rejected), 'row')} rejected)\n")
 
             clock = AcceleratedClock(speed)
             start = clock.now()

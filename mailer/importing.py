@@ -12,6 +12,7 @@ from mailer.config import Config
 from mailer.csvimport import ImportPlan, read_leads_csv
 from mailer.store import open_store
 from mailer.store import UpsertCounts
+from mailer.wording import counted
 
 EXIT_REJECTED_ROWS = 2
 
@@ -48,12 +49,12 @@ async def import_leads(
     for rejection in plan.rejected:
         print(f"{path}:{rejection.line}: {rejection.email or '(no address)'}: {rejection.reason} — fix the row and import again", file=sys.stderr)
     if strict and plan.rejected:
-        print(f"mailer: error: {len(plan.rejected)} rows rejected; nothing imported (--strict)", file=sys.stderr)
+        print(f"mailer: error: {counted(len(plan.rejected), 'row')} rejected; nothing imported (--strict)", file=sys.stderr)
         return EXIT_REJECTED_ROWS
     counts = await write_plan(config, plan, list_name=list_name, consent_source=str(path))
     listed = f", {counts.added_to_list} added to list {list_name!r}" if list_name else ""
     print(
-        f"{path}: {plan.rows} rows: {counts.created} leads created, {counts.updated} updated"
-        f"{listed}, {plan.merged_duplicates} duplicate rows merged, {len(plan.rejected)} rejected"
+        f"{path}: {counted(plan.rows, 'row')}: {counted(counts.created, 'lead')} created, {counts.updated} updated"
+        f"{listed}, {counted(plan.merged_duplicates, 'duplicate row')} merged, {len(plan.rejected)} rejected"
     )
     return EXIT_REJECTED_ROWS if plan.rejected else 0

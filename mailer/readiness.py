@@ -11,6 +11,8 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Literal
 
+from mailer.wording import counted
+
 Status = Literal["pass", "warn", "fail"]
 
 
@@ -112,5 +114,5 @@ def format_report(report: DomainReport) -> str:
     else:
         lines.append(f"{report.domain}: not ready for bulk sending: {', '.join(report.unmet)}")
     if report.hard_failures:
-        lines.append(f"{len(report.hard_failures)} hard failure(s): the daemon refuses to send from {report.domain}")
+        lines.append(f"{counted(len(report.hard_failures), 'hard failure')}: the daemon refuses to send from {report.domain}")
     return "\n".join(lines)

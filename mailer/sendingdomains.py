@@ -32,6 +32,7 @@ from mailer.errors import UserError
 from mailer.outbound import Hold
 from mailer.store import Store
 from mailer.warmup import Brake, complaint_brake
+from mailer.wording import counted
 
 log = logging.getLogger("mailer.daemon")
 
@@ -166,7 +167,7 @@ class SendingDomains:
     def _rate(self, domain: str, now: datetime) -> str:
         complaints, sent = self._complaints.get(domain, 0), self._window_sent(domain, now)
         rate = f"{complaints / sent:.2%}" if sent else "no messages"
-        return f"{complaints} complaint(s) for {sent} message(s) in 24 h: {rate}"
+        return f"{counted(complaints, 'complaint')} for {counted(sent, 'message')} in 24 h: {rate}"
 
     def _brake(self, domain: str, now: datetime) -> None:
         before = self.brakes.get(domain, "ok")

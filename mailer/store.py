@@ -152,6 +152,7 @@ class Outcome:
     detail: str = ""
     bounce: BounceRecord | None = None  # the classified refusal, written with the outcome
     attempted: bool = True  # False when no SMTP transaction was tried (a pause, a build error)
+    held: bool = False  # not attempted by choice (a warm-up budget, a breaker, a held domain): back by itself
 
 
 @dataclass(frozen=True)
@@ -251,6 +252,48 @@ class Reclassification:
     reason: str  # all-links
 
 
+@dataclass(frozen=True)
+class LastOutcome:
+    """A message's newest recorded outcome (deferred, queued, failed, expired, recovered): the
+    SMTP reply it got, if one came, and the daemon's detail (a hold, a broken template)."""
+
+    type: str
+    at: datetime
+    reply: SMTPReply | None = None
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class QueuedMessage:
+    """One message not sent, as `mailer queue list` shows it (mailer.queueshell says why)."""
+
+    id: int
+    message_id: str
+    email: str
+    scenario: str
+    step_id: str
+    state: MessageState
+    attempts: int
+    created_at: datetime
+    updated_at: datetime
+    next_attempt_at: datetime | None
+    last_reply: SMTPReply | None = None  # messages.last_*: the last SMTP reply it got, however old
+    last_outcome: LastOutcome | None = None
+
+
+@dataclass(frozen=True)
+class QueueGroup:
+    """Messages waiting (queued, deferred, sending) for one recipient domain, in one state, for
+    one reason: the rows `mailer queue` sums up per domain."""
+
+    domain: str
+    state: MessageState
+    count: int
+    next_attempt_at: datetime | None  # the earliest of the group
+    last_reply: SMTPReply | None = None
+    last_outcome: LastOutcome | None = None
+
+
 class Store(Protocol):
     async def open(self) -> None: ...
     async def close(self) -> None: ...
@@ -307,6 +350,13 @@ class Store(Protocol):
     async def message_counts(self) -> dict[str, int]: ...
     async def enrollment_counts(self) -> dict[str, int]: ...
     async def step_counts(self) -> dict[tuple[str, str], dict[str, int]]: ...
+
+    # the operator's view of the queue (mailer.sqlitequeue)
+    async def queue_groups(self) -> list[QueueGroup]: ...
+    async def queued_messages(
+        self, *, states: Collection[MessageState], domain: str | None = None, scenario: str | None = None, limit: int = 50,
+    ) -> tuple[list[QueuedMessage], int]: ...
+    async def retry_deferred(self, *, now: datetime, domain: str | None = None, scenario: str | None = None) -> int: ...
 
     # suppressions and bounces
     async def suppress(self, suppressions: Sequence[Suppression], *, now: datetime) -> None: ...

@@ -20,6 +20,7 @@ from mailer.csvimport import normalize_email
 from mailer.errors import UserError
 from mailer.store import Suppression, open_store
 from mailer.suppressions_csv import created_order, read_suppressions_csv, write_suppressions_csv
+from mailer.wording import counted
 
 EXIT_REJECTED_ROWS = 2
 
@@ -41,7 +42,7 @@ async def add(config: Config, *, emails: Sequence[str], list_name: str, reason: 
         added = await store.add_suppressions(suppressions, now=_now())
     kept = len(suppressions) - added
     already = f"; {kept} already suppressed (their first reason is kept)" if kept else ""
-    print(f"suppressed {added} addresses for {scope_name(list_name)} ({reason}){already}")
+    print(f"suppressed {counted(added, 'address', 'addresses')} for {scope_name(list_name)} ({reason}){already}")
     return 0
 
 
@@ -83,7 +84,7 @@ async def import_file(config: Config, *, path: Path, list_name: str, reason: str
             [Suppression(a, reason, list_name, detail) for a in plan.addresses], now=_now()
         )
     print(
-        f"{path}: {plan.rows} rows: {added} addresses suppressed for {scope_name(list_name)} ({reason}), "
+        f"{path}: {counted(plan.rows, 'row')}: {counted(added, 'address', 'addresses')} suppressed for {scope_name(list_name)} ({reason}), "
         f"{len(plan.addresses) - added} already suppressed, {len(plan.rejected)} rejected"
     )
     return EXIT_REJECTED_ROWS if plan.rejected else 0
@@ -102,7 +103,7 @@ async def export(config: Config, *, out: Path | None) -> int:
             count = write_suppressions_csv(stream, found)
     except OSError as error:
         raise UserError(f"cannot write the file: {error.strerror or error}", file=str(out)) from None
-    print(f"wrote {count} suppressions to {out}")
+    print(f"wrote {counted(count, 'suppression')} to {out}")
     return 0
 
 

@@ -18,6 +18,7 @@ from email_validator import EmailNotValidError
 from mailer.compose import Composer, context_for
 from mailer.config import Config
 from mailer.csvimport import normalize_email, read_leads_csv
+from mailer.wording import counted
 from mailer.errors import HeaderInjectionError, ScenarioError, TemplateError, UserError
 from mailer.examples_data import examples
 from mailer.leads import Lead
@@ -55,8 +56,8 @@ def validate(config: Config, *, path: Path | None, leads_csv: Path | None) -> tu
                 notes.append(f"note: {step.template}: CSS is inlined per message, which is slower: {compiled.inline_each}")
     notes += unknown_entry_lists(config, scenarios)
     summary = "".join(note + "\n" for note in dict.fromkeys(notes)) + (
-        f"{len(scenarios)} scenarios, {steps} steps rendered against {len(leads)} sample leads: "
-        + (f"{len(problems)} problems" if problems else "all good")
+        f"{counted(len(scenarios), 'scenario')}, {counted(steps, 'step')} rendered against "
+        f"{counted(len(leads), 'sample lead')}: " + (counted(len(problems), "problem") if problems else "all good")
     )
     return problems, summary
 

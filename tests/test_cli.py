@@ -89,7 +89,7 @@ def test_validate_passes_a_good_workspace(workspace: Path, capsys: pytest.Captur
     """A correct scenario validates against sample leads with exit code 0."""
     code, out, err = run(capsys, "validate")
     assert code == 0, err
-    assert "1 scenarios, 3 steps" in out and "all good" in out
+    assert "1 scenario, 3 steps" in out and "all good" in out
 
 
 @pytest.mark.parametrize(
@@ -235,7 +235,7 @@ def test_config_is_accepted_before_or_after_the_command(
     filled = [a.format(config=workspace / "mailer.toml", csv=workspace / "leads.csv") for a in args]
     code, out, err = run(capsys, *filled)
     assert code == 0, err
-    assert "leads: 0" in out or "1 leads created" in out
+    assert "leads: 0" in out or "1 lead created" in out
     assert (workspace / "mailer.db").exists()
 
 

@@ -378,15 +378,17 @@ async def test_serving_checkpoints_in_the_background(tmp_path: Path, smtp_server
 
 
 def test_the_report_counts_holds_apart_from_deferrals() -> None:
-    """A message held (not attempted) is counted as held, one handed back at a stop as handed back, attempts by their state."""
+    """A hold is counted as held, a message kept for its template as kept, one handed back at a stop as handed back, attempts by their state; and said in words."""
     at = datetime(2026, 1, 5, tzinfo=timezone.utc)
     report = Report()
-    for state, attempted in [
-        (MessageState.DEFERRED, False), (MessageState.DEFERRED, False), (MessageState.DEFERRED, True),
-        (MessageState.QUEUED, False), (MessageState.SENT, True),
+    assert report.summary() == "no message attempted"
+    for state, attempted, held in [
+        (MessageState.DEFERRED, False, True), (MessageState.DEFERRED, False, True), (MessageState.DEFERRED, True, False),
+        (MessageState.DEFERRED, False, False), (MessageState.QUEUED, False, False), (MessageState.SENT, True, False),
     ]:
-        report.count(Outcome(1, 1, state, at, attempted=attempted))
-    assert report.outcomes == {"held": 2, "deferred": 1, "handed back": 1, "sent": 1}
+        report.count(Outcome(1, 1, state, at, attempted=attempted, held=held))
+    assert report.outcomes == {"held": 2, "deferred": 1, "kept": 1, "handed back": 1, "sent": 1}
+    assert report.summary() == "1 sent, 1 deferred, 2 held, 1 kept for a template or scenario fix, 1 handed back"
 
 
 async def test_a_broken_scenario_is_logged_once_and_again_when_mended(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:

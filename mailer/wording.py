@@ -1,0 +1,10 @@
+"""Counts as people read them: "1 lead", "2 leads", "0 leads"."""
+
+from __future__ import annotations
+
+
+def counted(number: int, noun: str, plural: str = "") -> str:
+    """`number` and the noun, singular for exactly one; `plural` for nouns not made with "s"."""
+    if number == 1:
+        return f"{number} {noun}"
+    return f"{number} {plural or noun + 's'}"
