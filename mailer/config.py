@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, get_type_hints
 from urllib.parse import urlsplit
 
+from mailer.clientaddress import trusted_network
 from mailer.durations import parse_duration
 from mailer.errors import ConfigError
 from mailer.providers import DEFAULT_LIMITS, DEFAULT_SHARES, PROVIDERS, ProviderLimits
@@ -165,6 +166,9 @@ class TrackingConfig:
     queue_size: int = 10_000  # tracking events waiting to be written; beyond it the oldest are dropped
     flush_seconds: float = 0.2  # how often waiting events are written (real time)
     subscribe_per_hour: int = 10  # POST /subscribe allowed per client IP per hour
+    # Reverse proxies in front (addresses or CIDR networks, normalized) whose X-Forwarded-For
+    # names the visitor (mailer.clientaddress); empty: the header is ignored, it may be forged.
+    trusted_proxies: tuple[str, ...] = ()
 
     @property
     def public_base(self) -> str:
@@ -381,6 +385,8 @@ def parse_config(raw: dict[str, Any], *, text: str = "", path: Path | None = Non
             values[key] = base / _expect(value, str, key, where)
         elif key == "delivery":
             values[key] = _delivery(value, where)
+        elif key == "tracking":
+            values[key] = _tracking(value, where)
         elif key in _SECTIONS:
             values[key] = _section(_SECTIONS[key], value, key, where)
         elif key == "identities":
@@ -562,6 +568,22 @@ def _check_warmup(config: Config, where: _Locator) -> None:
                     f"ips.{name}.warmup_start", "a warming IP needs the day it started",
                     'write e.g. warmup_start = "2026-01-05", or warmup = false for an IP that is already warm',
                 )
+
+
+def _tracking(value: Any, where: _Locator) -> TrackingConfig:
+    table = dict(_expect(value, dict, "tracking", where))
+    proxies = table.pop("trusted_proxies", [])
+    dotted, example = "tracking.trusted_proxies", 'write your proxy\'s own address, e.g. ["127.0.0.1", "::1"] or ["10.0.0.0/8"]'
+    if not isinstance(proxies, list) or not all(isinstance(entry, str) for entry in proxies):
+        raise where.error(dotted, f"not a list of addresses: {proxies!r}", example)
+    networks = []
+    for entry in proxies:
+        try:
+            networks.append(str(trusted_network(entry)))
+        except ValueError as error:
+            raise where.error(dotted, str(error), example) from None
+    tracking: TrackingConfig = _section(TrackingConfig, table, "tracking", where)
+    return dataclasses.replace(tracking, trusted_proxies=tuple(dict.fromkeys(networks)))
 
 
 def _check_tracking(tracking: TrackingConfig, where: _Locator) -> None:
@@ -855,6 +877,7 @@ clicks = true                    # rewrite http(s) links through the click redir
 unsubscribe_mailto = ""          # List-Unsubscribe mailto; empty = unsubscribe+<token>@<bounces.domain>
 scanner_seconds = 10             # a click this soon after sending counts as a link scanner's
 subscribe_per_hour = 10          # form posts allowed per client IP per hour
+# trusted_proxies = ["127.0.0.1"]  # behind nginx/Caddy: the proxy's own address, so visitors' come from X-Forwarded-For
 
 [api]                            # the HTTP API for CRMs and apps: leads, events, stage moves
 enabled = true                   # every call needs a key: `mailer api-key add NAME`

@@ -17,6 +17,10 @@ admin surface. Routes:
 Opens and clicks are judged by `mailer.machine` and queued (`mailer.eventqueue`): the pixel
 and click handlers never wait for the database. Unsubscribes and confirmations are consent
 changes: they are committed before the answer goes out.
+
+Every visitor address used here (machine judgement by network, the /subscribe limit, consent
+evidence, events' "ip") is `_client_address`: the peer's, or behind a proxy named in
+`[tracking] trusted_proxies` the client from its X-Forwarded-For (`mailer.clientaddress`).
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from aiohttp import web
 from email_validator import EmailNotValidError, validate_email
 
 from mailer import webpages
+from mailer.clientaddress import TrustedProxies
 from mailer.clock import Clock
 from mailer.config import Config, binding, listen_address
 from mailer.eventqueue import EventQueue
@@ -108,6 +113,8 @@ class TrackingServer:
         self.clicks = 0  # genuine click and honeypot requests answered
         self._recent: OrderedDict[int, list[RecentClick]] = OrderedDict()
         self._subscribe_limit = RateLimit(tracking.subscribe_per_hour)
+        # None when no proxy is trusted: X-Forwarded-For then costs the pixel one `is None` check
+        self._proxies = TrustedProxies(tracking.trusted_proxies) if tracking.trusted_proxies else None
         self._runner: web.AppRunner | None = None
         self.app = web.Application(client_max_size=MAX_BODY)
         self.app.add_routes(
@@ -150,7 +157,7 @@ class TrackingServer:
         opened = self.links.read_open(request.match_info["token"])
         if opened is not None:
             now = self.clock.now()
-            user_agent, ip = request.headers.get("User-Agent", ""), request.remote or ""
+            user_agent, ip = request.headers.get("User-Agent", ""), self._client_address(request)
             verdict = judge_open(method=request.method, user_agent=user_agent, ip=ip, at=now, sent_at=opened.sent_at)
             self.queue.put(
                 TrackingEvent(
@@ -167,7 +174,7 @@ class TrackingServer:
         if click is None or (url is not None and not url.lower().startswith(("http://", "https://"))):
             return self._page(webpages.message_page(self._lang(request), "notfound.title", "notfound"), 404)
         now, seconds = self.clock.now(), time.monotonic()
-        user_agent, ip = request.headers.get("User-Agent", ""), request.remote or ""
+        user_agent, ip = request.headers.get("User-Agent", ""), self._client_address(request)
         recent = self._recent_clicks(click.message, seconds)
         verdict = judge_click(
             method=request.method, user_agent=user_agent, ip=ip, at=now, sent_at=click.sent_at, link=click.link,
@@ -219,7 +226,7 @@ class TrackingServer:
         everything = not token.list_name or scope == "all"
         email = await self.store.unsubscribe(
             message=token.message, email=None, list_name="" if everything else token.list_name, everything=everything,
-            method="one-click" if one_click else "unsubscribe-page", ip=request.remote or "",
+            method="one-click" if one_click else "unsubscribe-page", ip=self._client_address(request),
             user_agent=_user_agent(request), now=self.clock.now(),
         )
         if email is None:
@@ -236,7 +243,7 @@ class TrackingServer:
     # -- opt-in ------------------------------------------------------------------------
 
     async def _subscribe(self, request: web.Request) -> web.Response:
-        ip = request.remote or ""
+        ip = self._client_address(request)
         lang = self._lang(request)
         if not self._subscribe_limit.allow(ip, time.monotonic()):
             refused = self._answer(request, {"error": "rate-limited"}, webpages.message_page(lang, "error.title", "ratelimited"), 429)
@@ -307,7 +314,7 @@ class TrackingServer:
         if token is None:
             return self._page(webpages.message_page(lang, "expired.title", "expired"), 404)
         title = self.config.list_config(token.list_name).title
-        user_agent, ip = _user_agent(request), request.remote or ""
+        user_agent, ip = _user_agent(request), self._client_address(request)
         if form is None and is_machine_request(method=request.method, user_agent=user_agent, ip=ip):
             # Scanners open confirm links too: only a person's GET or a pressed button confirms.
             return self._page(webpages.confirm_form(lang, action=request.path, list_title=title))
@@ -326,6 +333,14 @@ class TrackingServer:
              "opens": self.opens, "clicks": self.clicks},
             headers={"Cache-Control": "no-store"},
         )
+
+    def _client_address(self, request: web.Request) -> str:
+        """The visitor's address: the connection's peer, or behind a trusted proxy the client
+        it forwarded for. Read once per request; every address stored or judged is this one."""
+        peer = request.remote or ""
+        if self._proxies is None:
+            return peer
+        return self._proxies.client(peer, request.headers.getall("X-Forwarded-For", ()))
 
     def _lang(self, request: web.Request) -> str:
         return webpages.language(request.headers.get("Accept-Language", ""), request.query.get("lang", ""))
