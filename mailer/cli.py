@@ -18,7 +18,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-from mailer import apishell, leadsshell, scoresshell
+from mailer import apishell, leadsshell, queueshell, scoresshell
 from mailer.clock import AcceleratedClock, Clock, SystemClock
 from mailer.config import CONFIG_NAME, STARTER_CONFIG, Config, load_config
 from mailer.consent import REASONS
@@ -228,6 +228,7 @@ def _parser() -> argparse.ArgumentParser:
 
     scoresshell.add_commands(commands)  # scores rebuild, accounts
     apishell.add_commands(commands)  # api-key, webhooks log
+    queueshell.add_commands(commands)  # queue, queue list, queue retry
     return parser
 
 

@@ -34,6 +34,7 @@ from mailer.sqlitereport import ReportQueries
 from mailer.sqlitereputation import ReputationQueries
 from mailer.sqliteapi import ApiTables
 from mailer.sqliteleases import LeaseTables, held_by
+from mailer.sqlitequeue import QueueQueries
 from mailer.sqlitetables import chunks
 from mailer.sqlitescoring import LEAD_COLUMNS as _LEAD_COLUMNS
 from mailer.sqlitescoring import ScoringTables
@@ -58,7 +59,7 @@ class StoreError(MailerError):
 
 class SQLiteStore(
     BounceTables, TrackingTables, ConsentTables, ReportQueries, WarmupTables, ReputationQueries, ScoringTables,
-    ApiTables, LeaseTables,
+    ApiTables, LeaseTables, QueueQueries,
 ):
     """`Store` on one SQLite file."""
 
