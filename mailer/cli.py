@@ -325,7 +325,8 @@ def _serve(args: argparse.Namespace) -> int:
             )
             log.info("serving %s from %s %s", counted(len(daemon.scenarios), "scenario"), config.scenarios, route)
             report = await daemon.serve(stop)
-        log.info("stopped: %s", report.summary())
+        # attempts and holds of this run, not what is left: a message deferred twice counts twice
+        log.info("stopped; this run: %s (`mailer queue` shows what still waits)", report.summary())
         return 0
 
     with serve_lock(config.store):
@@ -378,7 +379,8 @@ def _status(args: argparse.Namespace) -> int:
         async with open_store(config) as store:
             print(f"leads: {await store.lead_count()}")
             print("enrollments: " + _counts(await store.enrollment_counts()))
-            print("messages: " + _counts(await store.message_counts()))
+            messages = await store.message_counts()
+            print("messages: " + _counts(messages) + ("; `mailer queue` shows why they wait" if messages.get("deferred") else ""))
             since = now_utc() - timedelta(days=7)
             bounces = await store.bounce_summary(since)
             sent = await store.sent_since(since)
@@ -388,7 +390,8 @@ def _status(args: argparse.Namespace) -> int:
             if bounces.get("sender-alert"):
                 # Gmail and Yahoo's bulk-sender rules expect complaints under 0.3%; alerts
                 # mean receivers are refusing us, not our recipients.
-                print(f"deliverability alerts: {bounces['sender-alert']} refusals of the sender; see `mailer bounces list`")
+                refusals = counted(bounces["sender-alert"], "refusal")
+                print(f"deliverability alerts: {refusals} of the sender; see `mailer bounces list`")
 
     asyncio.run(run())
     return 0

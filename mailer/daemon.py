@@ -54,6 +54,7 @@ from mailer.reply import SESSION_COMMANDS
 from mailer.retry import RetryPolicy
 from mailer.tokens import Signer
 from mailer.verp import verp_address
+from mailer.oncelog import OnceEvery
 from mailer.wording import counted
 from mailer.scenario import Scenario, load_scenarios
 from mailer.store import BounceRecord, ClaimedMessage, EnrollmentUpdate, NewMessage, Outcome, Store
@@ -88,8 +89,11 @@ ROUND_BACKOFF_SECONDS = 1.0  # real time to wait after a failed round before the
 # An attempt still waiting for its receiver after this long no longer holds its worker.
 SLOW_ATTEMPT_SECONDS = 0.2
 FINAL_FLUSH_ATTEMPTS = 10
+# The phases before a transaction: a failure there is the server's (or our setup's), the same
+# for every message (MAIL is not here: a refused sender may be one identity's)
+RELAY_SESSION = frozenset({"CONNECT", "EHLO", "STARTTLS", "AUTH"})
 BUILD_RETRY = timedelta(seconds=30)  # a message whose build process died comes back after this
-TEMPLATE_ERROR_LOG_EVERY = timedelta(minutes=15)  # one log line per broken template and this long
+TEMPLATE_ERROR_LOG_EVERY = timedelta(minutes=15)  # one log line per broken template (or refused session) and this long
 BUILDS_IN_FLIGHT = 4 * BATCH  # extra workers per build process: jobs queued for it while it builds
 SIDE_RETRY_SECONDS = 5.0  # real time before starting the API or webhook sender again, doubling …
 SIDE_RETRY_MAX_SECONDS = 300.0  # … up to this (a port another process holds may come free)
@@ -173,7 +177,8 @@ class Daemon:
         self._in_flight = 0
         self._slow: set[asyncio.Future[None]] = set()  # attempts a worker stopped waiting for
         self._pending: list[Outcome] = []
-        self._template_errors: dict[str, datetime] = {}  # each error's last log line
+        self._template_errors = OnceEvery(TEMPLATE_ERROR_LOG_EVERY)
+        self._session_failures = OnceEvery(TEMPLATE_ERROR_LOG_EVERY)
         self._wake = asyncio.Event()
         self._flush_stop = asyncio.Event()
         self.listener: BounceListener | None = None
@@ -636,10 +641,11 @@ class Daemon:
         self.report.count(outcome)
         if outcome.state is not MessageState.SENT:
             retry = f"; next try {outcome.next_attempt_at:%Y-%m-%d %H:%M} UTC" if outcome.next_attempt_at else ""
-            # a held message (no budget, a held domain) is routine: their reasons are logged once, where decided
+            # a held message (no budget, a held domain) is routine: their reasons are logged once,
+            # where decided; a refused session, once per server and failure (_session_refused)
             held = outcome.state in (MessageState.DEFERRED, MessageState.QUEUED) and not outcome.attempted
             log.log(
-                logging.DEBUG if held else logging.WARNING,
+                logging.DEBUG if held or self._session_refused(outcome) else logging.WARNING,
                 "%s %s → %s (%s/%s): %s%s", outcome.state.value, message.message_id, message.lead.email,
                 message.scenario, message.step_id, outcome.reply or outcome.detail, retry,
             )
@@ -790,15 +796,28 @@ class Daemon:
             return self._outcome(message, MessageState.EXPIRED, now, reply=reply, detail=detail, attempted=attempted)
         return self._outcome(message, MessageState.DEFERRED, now, reply=reply, next_attempt_at=retry_at, detail=detail, attempted=attempted)
 
+    def _session_refused(self, outcome: Outcome) -> bool:
+        """Whether `outcome` is a session the server would not set up (connection, greeting,
+        EHLO, STARTTLS, AUTH): every message fails alike until it is fixed, so it is logged
+        once per server and failure every quarter hour, with what to do, not per message."""
+        reply = outcome.reply
+        if reply is None or outcome.state is not MessageState.DEFERRED or reply.command not in RELAY_SESSION:
+            return False
+        said = f"{reply.code} {reply.text}" if reply.code is not None else reply.text
+        if self._session_failures.first(f"{reply.host}|{reply.command}|{said}", outcome.at):
+            if self.config.delivery.mode == "direct":
+                hint = "mail to its domain is deferred and retried with the backoff"
+            else:
+                hint = ("every message is deferred and retried with the backoff; check [relay] in mailer.toml and that "
+                        "the relay runs, then `mailer queue retry` sends them at once")
+            log.warning("no session with %s (at %s: %s); %s", reply.host or "the server", reply.command, said, hint)
+        return True
+
     def _log_template_error(self, error: str, now: datetime) -> None:
         """Once per error and quarter hour: every lead at a broken step fails the same way."""
-        last = self._template_errors.get(error)
-        if last is not None and now - last < TEMPLATE_ERROR_LOG_EVERY:
+        if not self._template_errors.first(error, now):
             log.debug("kept until its template renders: %s", error)
             return
-        if len(self._template_errors) > 1000:  # errors quoting lead data: keep it bounded
-            self._template_errors.clear()
-        self._template_errors[error] = now
         log.error("%s; the messages of this step are kept and tried again with the retry backoff: "
                   "fix the template (`mailer preview` shows it) and they go out", error)
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import socket
 import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -407,3 +409,35 @@ async def test_a_broken_scenario_is_logged_once_and_again_when_mended(tmp_path: 
             assert daemon.load_scenarios() == []
         assert caplog.text.count("read again without errors") == 1 and "main.yaml" in caplog.text
         assert list(daemon.scenarios)
+
+
+async def test_a_relay_that_is_down_is_said_once_not_once_per_message(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """With nobody listening on the relay port, one warning names the relay and what to do; each message is deferred, logged at debug only."""
+    caplog.set_level(logging.DEBUG, logger="mailer")
+    with socket.socket() as probe:  # a loopback port nobody listens on: connections are refused
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    write_workspace(tmp_path)
+    config = make_config(tmp_path, port)
+    async with SQLiteStore(config.store) as store:
+        await store.upsert_leads(make_leads(50), list_name="signups", now=MONDAY_8AM)
+        clock = FakeClock(MONDAY_8AM)
+        daemon = Daemon(config=config, store=store, clock=clock)
+        stop = asyncio.Event()
+        task = asyncio.create_task(daemon.serve(stop))
+        try:
+            await clock.advance(hours=1)
+            for _ in range(200):
+                if (await store.message_counts()).get("deferred", 0) >= 10:
+                    break
+                await asyncio.sleep(0.05)
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, 10)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING and r.name.startswith("mailer")]
+    refused = [line for line in warnings if line.startswith(f"no session with 127.0.0.1:{port} (at CONNECT: ")]
+    assert len(refused) == 1, warnings
+    assert "check [relay] in mailer.toml" in refused[0] and "`mailer queue retry`" in refused[0]
+    assert not [line for line in warnings if line.startswith("deferred ")], warnings
+    deferred = [r.getMessage() for r in caplog.records if r.levelno == logging.DEBUG and r.getMessage().startswith("deferred ")]
+    assert len(deferred) >= 10
