@@ -63,7 +63,7 @@ MANUAL_MOVES: Mapping[str, tuple[str, ...]] = {
 }
 _RECYCLABLE = frozenset({"lead", "MQL", "PQL", "SAL"})
 _DEFAULT_REASONS = {"SAL": "accepted by sales", "customer": "deal won", "recycled": "returned to nurture",
-                    "SGL": "created by sales"}
+                    "SGL": "sales-generated lead"}
 # Consumer mailbox providers: their users share a domain but no company. The largest
 # worldwide, and Japan's carrier and portal addresses.
 FREE_MAIL = frozenset({
@@ -128,6 +128,8 @@ def request_stage(lead: Lead, target: str, rules: StageRules, *, by: str, reason
         raise StageError(f"{lead.email} cannot move from {current} to {wanted}", field="stage",
                          hint=_allowed(current, allowed))
     why = reason.strip() or _DEFAULT_REASONS.get(wanted, "")
+    if wanted == "SGL" and current == "recycled" and not reason.strip():
+        why = "taken up again from nurture"  # who did it is said apart, as "(by sales)"
     if wanted == "SQL":
         complete, facts = bant(lead, rules)
         if not complete:

@@ -449,3 +449,10 @@ def test_any_stages_mapping_reads_or_raises_scenario_error(node: dict[str, objec
         assert error.field is not None and error.field.startswith("stages")
     else:
         move(lead(), read, score=60, grade="A")
+
+
+def test_a_move_to_sgl_says_why_without_saying_who() -> None:
+    """SGL's default reason names no actor (the history adds "by …"), and from recycled it says the lead is taken up again."""
+    assert request_stage(lead("lead"), "SGL", DEFAULT_STAGE_RULES, by="sales").reason == "sales-generated lead"
+    assert request_stage(lead("recycled"), "SGL", DEFAULT_STAGE_RULES, by="sales").reason == "taken up again from nurture"
+    assert request_stage(lead("recycled"), "SGL", DEFAULT_STAGE_RULES, by="sales", reason="asked for a demo").reason == "asked for a demo"
