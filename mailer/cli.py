@@ -557,7 +557,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _check_domain(args: argparse.Namespace) -> int:
-    from mailer.domaincheck import check_domain, format_report, make_resolver
+    from mailer.domaincheck import check_domain, format_report, make_resolver, require_answers
 
     # Inside a workspace, mailer.toml supplies the facts DNS cannot show: relay TLS, the DKIM key.
     config = load(args)
@@ -570,10 +570,12 @@ def _check_domain(args: argparse.Namespace) -> int:
     second_key = args.ed25519_key or (
         Path(second_file) if second_file and second_selector == config.dkim.selector_for("ed25519") else None
     )
+    resolver = make_resolver(args.nameserver)
+    asyncio.run(require_answers(resolver, args.nameserver))
     report = asyncio.run(
         check_domain(
             args.domain,
-            resolver=make_resolver(args.nameserver),
+            resolver=resolver,
             ip=args.ip,
             selector=selector,
             dkim_key=dkim_key,

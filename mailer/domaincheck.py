@@ -43,7 +43,9 @@ from mailer.readiness import BULK_SENDER_RULES, DomainReport, Finding, Status, f
 from mailer.spf import check_host
 from mailer.spfrecord import is_spf_record
 
-__all__ = ["BULK_SENDER_RULES", "DomainReport", "Finding", "check_domain", "format_report", "make_resolver", "verdict"]
+__all__ = [
+    "BULK_SENDER_RULES", "DomainReport", "Finding", "check_domain", "format_report", "make_resolver", "require_answers", "verdict",
+]
 
 # -- DNS -------------------------------------------------------------------------------------
 
@@ -407,6 +409,26 @@ def make_resolver(nameserver: str | None, *, timeout: float = 5.0) -> dns.asyncr
     resolver.timeout = timeout
     resolver.lifetime = timeout
     return resolver
+
+
+# How long `mailer check-domain` waits for any answer before saying the server is silent: a
+# resolver answers the root's NS from its cache (RFC 1035 7.1), or at least refuses, at once.
+SILENCE_SECONDS = 2.0
+
+
+async def require_answers(resolver: dns.asyncresolver.Resolver, nameserver: str | None) -> None:
+    """A UserError when the DNS server does not answer at all: every check would then end,
+    after its timeout, as a temporary error, and the report would say nothing true."""
+    try:
+        await resolver.resolve(".", "NS", search=False, lifetime=SILENCE_SECONDS)
+    except (dns.exception.Timeout, OSError) as error:
+        asked = f"the DNS server {nameserver}" if nameserver else "this machine's DNS resolver"
+        raise UserError(
+            f"{asked} did not answer in {SILENCE_SECONDS:g} s ({type(error).__name__}): nothing was checked",
+            field="--nameserver", hint="check that it runs and is reachable, or name another with --nameserver",
+        ) from None
+    except dns.exception.DNSException:
+        pass  # an answer, even a refusal: the server is there, and each check reads its own
 
 
 def _host_port(value: str) -> tuple[str, int]:

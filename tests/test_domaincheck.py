@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import socket
 import sys
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -384,3 +386,15 @@ async def test_cli_user_errors_exit_2_with_one_line(dns_server: ZoneServer, tmp_
     assert code == 2 and out == ""
     assert err.startswith("mailer: error: ") and message in err and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1
+
+
+async def test_cli_says_so_when_the_dns_server_never_answers(tmp_path: Path) -> None:
+    """A --nameserver nobody answers on is one line and exit 2 within seconds, not a report of temporary errors."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:  # bound, never read: queries go unanswered
+        silent.bind(("127.0.0.1", 0))
+        port = silent.getsockname()[1]
+        began = time.monotonic()
+        code, out, err = await run_cli(tmp_path, "good.example", "--ip", GOOD_IP, "--nameserver", f"127.0.0.1:{port}")
+    assert code == 2 and out == "" and "Traceback" not in err
+    assert err.startswith(f"mailer: error: --nameserver: the DNS server 127.0.0.1:{port} did not answer in 2 s")
+    assert "nothing was checked" in err and time.monotonic() - began < 10
