@@ -3,19 +3,29 @@
 A score is a pure function of a lead's events and the rules (mailer.scoring), so a rebuild
 is the daemon's periodic refresh run over every lead at once, with the same engine: the same
 transactions, history events, stage moves, scenario entry triggers and webhook outbox.
+
+`--dry-run` runs that very engine on a copy of the store (SQLite's online backup, safe beside a
+running daemon) and compares the leads' stages before and after: what the rules would do is
+what they do, with no second implementation to drift, and nothing reaches the real store, the
+scenarios or the webhooks. The copy needs as much free disk as the store, for a moment.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
+import sqlite3
+import tempfile
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mailer.errors import UserError
 from mailer.store import open_store
 
 if TYPE_CHECKING:
+    from mailer.config import Config
     from mailer.scoringengine import EngineTotals
 
 
@@ -24,6 +34,10 @@ def add_commands(commands: Any) -> None:
     scores = commands.add_parser("scores", help="lead scores: rebuild them after changing scoring.yaml")
     score_commands = scores.add_subparsers(dest="scores_command", metavar="ACTION", required=True)
     rebuild = score_commands.add_parser("rebuild", help="re-score, re-grade and re-stage every lead with the current rules")
+    rebuild.add_argument(
+        "--dry-run", action="store_true",
+        help="show the stage moves and scenario entries the rules would make, on a copy; change nothing",
+    )
     rebuild.set_defaults(run=_rebuild)
     accounts = commands.add_parser("accounts", help="accounts and their rolled-up scores (MQA)")
     accounts.add_argument("--stage", default=None, choices=["MQA"], type=str.upper, help="only marketing-qualified accounts")
@@ -66,17 +80,60 @@ def _rebuild(args: argparse.Namespace) -> int:
     by_name = {scenario.name: scenario for scenario in scenarios}
     clock = make_clock(config)  # the daemon's clock: decay and recycling as an accelerated demo sees them
 
-    async def run() -> str:
-        async with open_store(config) as store:
+    async def run(target: Config) -> str:
+        async with open_store(target) as store:
             engine = ScoringEngine(
-                store, scoring=lambda: rules, scenarios=lambda: by_name, webhooks=config.webhooks, clock=clock
+                store, scoring=lambda: rules, scenarios=lambda: by_name, webhooks=target.webhooks, clock=clock
             )
             started = time.perf_counter()
             await engine.refresh(clock.now())
             return summary(engine.totals, time.perf_counter() - started)
 
-    print(asyncio.run(run()))
+    if not args.dry_run:
+        print(asyncio.run(run(config)))
+        return 0
+    with tempfile.TemporaryDirectory(prefix=".mailer-dry-run-", dir=config.store.parent) as folder:
+        copy = Path(folder) / config.store.name
+        _copy_store(config.store, copy)
+        line = asyncio.run(run(dataclasses.replace(config, store=copy)))
+        print("dry run, nothing changed: would have " + line.removeprefix("re-"))
+        for row in stage_moves(_stages(config.store), _stages(copy)):
+            print(row)
     return 0
+
+
+def _copy_store(source: Path, copy: Path) -> None:
+    """A consistent copy of the SQLite store, taken while a daemon may be writing to it."""
+    if not source.exists():
+        raise UserError(f"no store at {source}", field="store", hint="import leads first (`mailer leads import`)")
+    with sqlite3.connect(source) as original, sqlite3.connect(copy) as duplicate:
+        original.backup(duplicate)
+    duplicate.close()
+    original.close()
+
+
+def _stages(path: Path) -> dict[int, tuple[str, str]]:
+    with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
+        rows = db.execute("SELECT id, email, stage FROM leads").fetchall()
+    db.close()
+    return {lead_id: (email, stage) for lead_id, email, stage in rows}
+
+
+SHOWN_MOVES = 10  # example leads per move; the counts are whole
+
+
+def stage_moves(before: dict[int, tuple[str, str]], after: dict[int, tuple[str, str]]) -> list[str]:
+    """Lines saying which stage moves a rebuild makes, most common first, with a few leads each."""
+    moves: dict[tuple[str, str], list[str]] = {}
+    for lead_id, (email, stage) in after.items():
+        was = before.get(lead_id, (email, stage))[1]
+        if was != stage:
+            moves.setdefault((was, stage), []).append(email)
+    lines = []
+    for (was, stage), emails in sorted(moves.items(), key=lambda item: (-len(item[1]), item[0])):
+        shown = ", ".join(sorted(emails)[:SHOWN_MOVES]) + (", …" if len(emails) > SHOWN_MOVES else "")
+        lines.append(f"  {was} → {stage}: {_count(len(emails), 'lead')} ({shown})")
+    return lines or ["  no lead would change stage"]
 
 
 def _accounts(args: argparse.Namespace) -> int:
