@@ -1,4 +1,4 @@
-"""`mailer api-key add | list | revoke` and `mailer webhooks log`: the operator's side of the API.
+"""`mailer api-key add | list | revoke` and `mailer webhooks log | retry`: the operator's side of the API.
 
 A key is shown once, when it is made; the store keeps only its SHA-256 (mailer.apikeys), so a
 lost key is revoked and replaced, never recovered. The webhook log shows each delivery in the
@@ -16,6 +16,7 @@ from typing import Any
 from mailer.errors import UserError
 from mailer.scoremodel import WebhookDelivery
 from mailer.store import open_store
+from mailer.wording import counted
 
 # A name an operator types and reads in logs: "crm", "zapier-prod", "app.backend".
 KEY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
@@ -36,12 +37,18 @@ def add_commands(commands: Any) -> None:
     revoke.add_argument("name", metavar="NAME")
     revoke.set_defaults(run=_key_revoke)
 
-    webhooks = commands.add_parser("webhooks", help="outgoing webhooks: the delivery log")
+    webhooks = commands.add_parser("webhooks", help="outgoing webhooks: the delivery log, and retry")
     webhook_commands = webhooks.add_subparsers(dest="webhooks_command", metavar="ACTION", required=True)
     log = webhook_commands.add_parser("log", help="the latest deliveries, newest first, with every attempt")
     log.add_argument("--webhook", default=None, metavar="NAME", help="only this [webhooks.NAME]")
     log.add_argument("--limit", type=int, default=50)
     log.set_defaults(run=_webhooks_log)
+    retry = webhook_commands.add_parser(
+        "retry", help="send given-up deliveries again, from a new series of tries (after the receiver is mended)",
+    )
+    retry.add_argument("ids", nargs="*", type=int, metavar="ID", help="these deliveries (#ID in the log); default every given-up one")
+    retry.add_argument("--webhook", default=None, metavar="NAME", help="only this [webhooks.NAME]")
+    retry.set_defaults(run=_webhooks_retry)
 
 
 def _when(at: datetime | None) -> str:
@@ -113,9 +120,31 @@ def _key_revoke(args: argparse.Namespace) -> int:
     return 0
 
 
+def _webhooks_retry(args: argparse.Namespace) -> int:
+    from mailer.cli import load, now_utc
+
+    config = load(args, required=True)
+    if args.webhook is not None and args.webhook not in config.webhooks:
+        known = ", ".join(sorted(config.webhooks)) or "none configured"
+        raise UserError(f"no webhook named {args.webhook!r}", field="--webhook", hint=f"[webhooks.NAME] in mailer.toml: {known}")
+
+    async def run() -> int:
+        async with open_store(config) as store:
+            return await store.requeue_deliveries(now=now_utc(), webhook=args.webhook, ids=args.ids)
+
+    count = asyncio.run(run())
+    if not count:
+        print("no given-up delivery to send again" + (" among those ids" if args.ids else "") + "; `mailer webhooks log` lists them")
+        return 0
+    print(f"{counted(count, 'delivery', 'deliveries')} pending again, due now: a running `mailer serve` sends "
+          "them with a new series of tries")
+    return 0
+
+
 def delivery_lines(delivery: WebhookDelivery, attempts: list[Attempt]) -> list[str]:
     """One delivery and its attempts, oldest attempt first."""
-    tries = f"{delivery.attempts} attempt{'s' if delivery.attempts != 1 else ''}"
+    # every try in the log: a retried delivery's count starts again at `webhooks retry`
+    tries = counted(max(len(attempts), delivery.attempts), "attempt")
     if delivery.state == "pending" and delivery.next_attempt_at is not None:
         state = f"pending, next try {_when(delivery.next_attempt_at)}"
     elif delivery.state == "failed":

@@ -206,6 +206,23 @@ class ApiTables(StoreTables):
                 ),
             )
 
+    async def requeue_deliveries(self, *, now: datetime, webhook: str | None = None, ids: Collection[int] = ()) -> int:
+        """Given-up deliveries (of `webhook`, or these ids) pending again, due at `now`, with a
+        new series of tries: the receiver was mended. Their earlier attempts stay in the log."""
+        where, params = "", list[object]()
+        if webhook is not None:
+            where, params = "AND webhook = ?", [webhook]
+        if ids:
+            where += f" AND id IN ({','.join('?' * len(ids))})"
+            params += list(ids)
+        async with self.transaction():
+            cursor = await self.db.execute(
+                "UPDATE webhook_deliveries SET state = 'pending', attempts = 0, next_attempt_at = ?, updated_at = ? "
+                f"WHERE state = 'failed' {where}",
+                [ms(now), ms(now), *params],
+            )
+        return cursor.rowcount
+
     async def deliveries(self, *, webhook: str | None = None, limit: int = 50) -> list[WebhookDelivery]:
         """The latest deliveries, newest first; of one webhook when given."""
         where, params = ("WHERE webhook = ?", [webhook]) if webhook is not None else ("", [])
