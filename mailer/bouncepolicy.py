@@ -5,10 +5,14 @@ The table, in the operator's words:
 | the bounce says | action |
 | --- | --- |
 | the recipient does not exist (hard: userunknown, hostunknown, hasmoved, permanent notaccept) | suppress the address globally, at once |
-| a complaint (ARF feedback) | suppress the address; counts toward the domain's complaint rate |
+| a complaint (ARF feedback: abuse, fraud, virus, or no type given) | suppress the address; counts toward the domain's complaint rate |
+| an ARF auth-failure report (RFC 6591) | our authentication failed: alert, suppress nobody |
+| an ARF not-spam, other or unknown report | record it, nothing else |
+| a DSN that is no failure (RFC 3464 Action: delayed, delivered, relayed, expanded) | record it, nothing else: the message stays sent |
 | the sender's problem (blocked, badreputation, requireptr, policyviolation, authfailure, spamdetected, toomanyconn, speeding, securityerror) | never suppress the recipient; alert, and let throttling react |
 | any other soft reason (mailbox full, expired, …) | retry on the delivery schedule; the Nth soft bounce within M days suppresses ("soft-bounce escalation") |
 | an auto-reply or a positive DSN (vacation, delivered) | record it, nothing else |
+| a bounce that matches none of our messages (mailer.bouncing) | record it, nothing else |
 """
 
 from __future__ import annotations
@@ -44,10 +48,57 @@ class BouncePolicy:
     soft_window: timedelta = timedelta(days=7)  # … within a week suppresses the address
 
 
-def decide(reason: Reason, bounce_class: BounceClass, *, earlier_soft: int, policy: BouncePolicy) -> Action:
-    """The action for one bounce; `earlier_soft` counts this address's soft bounces in the window."""
+# RFC 3464 2.3.3 action-values that are no failure: "delayed" (the reporting MTA is still
+# trying: RFC 3464 calls it a warning), "delivered", and "relayed" / "expanded" (handed on to
+# where no DSN comes back, or to the members of a list). Only "failed" is a bounce; a report
+# with no Action field (text bounces, broken DSNs) is taken as one.
+NOT_FAILURES = frozenset({"delayed", "delivered", "relayed", "expanded"})
+
+# RFC 5965 3.1 / 7.3 Feedback-Type registry (abuse, fraud, virus, other, not-spam) and
+# RFC 6591 3 (auth-failure). A report of unsolicited, fraudulent or infected mail is the
+# recipient saying "stop"; a report with no type is taken as one too (the cautious reading
+# for the recipient). "not-spam" says the opposite. "auth-failure" says our SPF/DKIM/DMARC
+# failed at the receiver: the sender's problem, like mailer.reasons.SENDER_PROBLEMS.
+# "other" and types not registered say nothing we can act on.
+FEEDBACK_ACTIONS: dict[str | None, Action] = {
+    None: Action.COMPLAINT,
+    "abuse": Action.COMPLAINT,
+    "fraud": Action.COMPLAINT,
+    "virus": Action.COMPLAINT,
+    "auth-failure": Action.SENDER_ALERT,
+    "not-spam": Action.RECORD,
+    "other": Action.RECORD,
+}
+
+
+def feedback_action(feedback_type: str | None) -> Action:
+    """What an ARF report of this Feedback-Type does (case-insensitive, RFC 5965 3.1)."""
+    key = (feedback_type or "").strip().lower() or None
+    return FEEDBACK_ACTIONS.get(key, Action.RECORD)
+
+
+def is_failure(dsn_action: str) -> bool:
+    """Whether an RFC 3464 Action value reports a failed delivery ("" when the report had none)."""
+    return dsn_action.strip().lower() not in NOT_FAILURES
+
+
+def decide(
+    reason: Reason,
+    bounce_class: BounceClass,
+    *,
+    earlier_soft: int,
+    policy: BouncePolicy,
+    dsn_action: str = "failed",
+    feedback_type: str | None = None,
+) -> Action:
+    """The action for one bounce; `earlier_soft` counts this address's soft bounces in the window.
+
+    `dsn_action` is the recipient's RFC 3464 Action; `feedback_type` an ARF report's type.
+    """
     if reason is Reason.FEEDBACK:
-        return Action.COMPLAINT
+        return feedback_action(feedback_type)
+    if not is_failure(dsn_action):
+        return Action.RECORD
     if bounce_class is BounceClass.NONE:
         return Action.RECORD
     if reason in SENDER_PROBLEMS:

@@ -403,15 +403,31 @@ def _bounces_ingest(args: argparse.Namespace) -> int:
     config = load(args, required=True)
     report = asyncio.run(ingest(config, args.path))
     actions = ", ".join(f"{action} {n}" for action, n in sorted(report.actions.items())) or "none"
-    print(f"{report.messages} messages: {report.not_bounces} not bounces, {report.unmatched} not matched to a message; actions: {actions}")
+    print(
+        f"{counted(report.messages, 'message')}: {report.not_bounces} not bounces, {report.unmatched} not matched "
+        f"to a message, {report.already_seen} already seen; actions: {actions}"
+    )
     return 0
+
+
+def _bounce_address(text: str) -> str:
+    """An address as bounces are stored under it: normalised as `leads show` does, any case."""
+    from email_validator import EmailNotValidError
+
+    from mailer.csvimport import normalize_email
+
+    try:
+        return normalize_email(text)
+    except EmailNotValidError:
+        return text.strip().lower()  # a report may name a broken address; it is stored as it came
 
 
 def _bounce_line(record: BounceRecord) -> str:
     undone = " (undone)" if record.undone_at else ""
     code = " ".join(str(x) for x in (record.reply_code, record.status) if x)
+    kind = "" if record.kind in ("bounce", record.reason) else f"{record.kind} "  # "delayed networkerror/none"
     return (
-        f"#{record.id} {record.at:%Y-%m-%d %H:%M} {record.email} {record.reason}/{record.bounce_class} "
+        f"#{record.id} {record.at:%Y-%m-%d %H:%M} {record.email} {kind}{record.reason}/{record.bounce_class} "
         f"{code} → {record.action}{undone} [{record.source}, rule {record.rule or '-'}]"
     )
 
@@ -421,11 +437,16 @@ def _bounces_list(args: argparse.Namespace) -> int:
 
     config = load(args, required=True)
 
+    email = _bounce_address(args.email) if args.email else None
+
     async def run() -> list[BounceRecord]:
         async with open_store(config) as store:
-            return await store.bounces(email=args.email, limit=args.limit)
+            return await store.bounces(email=email, limit=args.limit)
 
-    for record in asyncio.run(run()):
+    records = asyncio.run(run())
+    if not records:
+        print(f"no bounces for {email}" if email else "no bounces yet")
+    for record in records:
         print(_bounce_line(record))
     return 0
 
@@ -455,21 +476,38 @@ def _bounces_undo(args: argparse.Namespace) -> int:
 
     config = load(args, required=True)
 
-    async def run() -> list[BounceRecord]:
+    async def run() -> list[tuple[BounceRecord, BounceRecord | None]]:
+        """(each bounce as it was, as it is after the undo or None when it was undone already)."""
         async with open_store(config) as store:
             if args.target.isdigit():
-                targets = [int(args.target)]
+                found = await store.bounce(int(args.target))
+                if found is None:
+                    raise UserError(f"no bounce #{args.target}", field="target", hint="see `mailer bounces list`")
+                targets = [found]
             else:
-                found = await store.bounces(email=args.target.strip().lower(), limit=10_000)
-                targets = [b.id for b in found if b.id is not None and b.suppression and not b.undone_at]
-            undone = [await store.undo_bounce(target, now=now_utc()) for target in targets]
-            return [record for record in undone if record is not None]
+                email = _bounce_address(args.target)
+                found_all = await store.bounces(email=email, limit=10_000)
+                if not found_all:
+                    raise UserError(f"no bounces for {email}", field="target", hint="see `mailer bounces list`")
+                suppressing = [b for b in found_all if b.suppression]
+                targets = [b for b in suppressing if b.undone_at is None] or suppressing
+                if not targets:
+                    print(f"no bounce suppressed {email}: nothing to undo (a bounce id undoes one that did not)")
+            done: list[tuple[BounceRecord, BounceRecord | None]] = []
+            for bounce in targets:
+                assert bounce.id is not None
+                after = None if bounce.undone_at else await store.undo_bounce(bounce.id, now=now_utc())
+                done.append((bounce, after))
+            return done
 
-    undone = asyncio.run(run())
-    if not undone:
-        raise UserError(f"nothing to undo for {args.target!r}", field="target", hint="see `mailer bounces list`")
-    for record in undone:
-        print(f"undone: {_bounce_line(record)}")
+    for before, after in asyncio.run(run()):
+        if after is None:
+            assert before.undone_at is not None
+            print(f"already undone on {before.undone_at:%Y-%m-%d %H:%M}: {_bounce_line(before)}")
+        elif before.suppression:
+            print(f"undone: {_bounce_line(after)}; lifted its {before.suppression} suppression of {before.email}")
+        else:
+            print(f"undone: {_bounce_line(after)}; it suppressed nobody")
     return 0
 
 

@@ -42,6 +42,15 @@ class BouncedRecipient:
     reason: Reason
     bounce_class: BounceClass
     rule: str
+    # RFC 3464 2.3.1 / RFC 3461 4.2: the address as the sender gave it in RCPT TO, when the
+    # report keeps it; Final-Recipient may be an alias or a forward's rewritten address.
+    original: str = ""
+
+    def names(self, address: str) -> bool:
+        """Whether this recipient's Final- or Original-Recipient is `address` (any case: leads
+        are stored lower-cased, mailer.csvimport.normalize_email)."""
+        wanted = address.strip().lower()
+        return bool(wanted) and wanted in (self.address.lower(), self.original.lower())
 
 
 @dataclass(frozen=True)
@@ -70,6 +79,9 @@ _REPLY_CODE = re.compile(r"(?:^|[\s:;(\[\"'=])([245][0-5]\d)(?=[\s\-]|$)")
 _INLINE_DSN = re.compile(r"^(?:reporting-mta|final-recipient)[ \t]*:", re.IGNORECASE | re.MULTILINE)
 _FIELD = re.compile(r"^([A-Za-z][A-Za-z0-9\-]*)[ \t]*:[ \t]*(.*)$")
 _RECIPIENT_FIELDS = frozenset({"final-recipient", "original-recipient"})
+# RFC 5965 3.1 (Feedback-Type, User-Agent) and 3.2 (optional fields naming the reporter and
+# the source): what a feedback report's decision quotes about it.
+_ARF_SUMMARY = ("Feedback-Type", "User-Agent", "Reporting-MTA", "Reported-Domain", "Source-IP", "Arrival-Date")
 
 
 def _field_blocks(part: Message) -> list[dict[str, str]]:
@@ -199,8 +211,12 @@ def _arf(message: Message, parts: list[Message], report: Message) -> BounceRepor
                     address = to_line.group(1) if to_line else ""
                 break
     found = textual.addresses(address) or [""]
+    # what the report says about itself, kept as the decision's diagnostic (and so in the
+    # suppression's detail): the type and who reported it (RFC 5965 3.1, 3.2)
+    summary = "; ".join(f"{name}: {fields[name.lower()]}" for name in _ARF_SUMMARY if fields.get(name.lower()))
+    reporter = _typed(fields.get("reporting-mta", ""))
     recipients = tuple(
-        BouncedRecipient(a, None, None, "", "", "", "", Reason.FEEDBACK, BounceClass.NONE, "arf") for a in found
+        BouncedRecipient(a, None, None, summary, "", reporter, "", Reason.FEEDBACK, BounceClass.NONE, "arf") for a in found
     )
     mid, path = original(parts, "")
     return BounceReport("feedback", recipients, "arf", mid, path, feedback_type)
@@ -242,6 +258,8 @@ def _rfc3464(
         if mailer and found.reason is not Reason.DELIVERED and ".phrase" not in found.rule and not found.rule.startswith("phrase."):
             # RFC 3464 2.3.6 diagnostic type X-Unix: a local delivery program failed
             found = _reclassified(found, Reason.MAILERERROR, "diagnostic-type.x-unix")
+        if block.get("original-recipient"):
+            found = replace(found, original=_address(block["original-recipient"]))
         recipients.append(found)
     if not recipients:
         return None

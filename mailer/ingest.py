@@ -1,6 +1,11 @@
 """`mailer bounces ingest PATH`: bounce messages from files into the same pipeline as the listener.
 
 PATH may be one .eml file, an mbox file, a maildir (cur/ and new/), or a folder of files.
+
+Reading has no side effects: a maildir's messages stay in new/ unflagged, an mbox unlocked
+and unchanged. The mailbox is the user's (their MUA or a forwarding rule may own it), and
+running the command again is harmless: the intake skips what it stored before
+(mailer.bouncing.evidence_key), so a daily run over the same mailbox counts each bounce once.
 """
 
 from __future__ import annotations

@@ -287,4 +287,12 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE messages ADD COLUMN first_attempt_at INTEGER;
     UPDATE messages SET first_attempt_at = created_at WHERE attempts > 0;
     """,
+    # 8: a returned message is stored once per recipient (mailer.bouncing.evidence_key): a
+    # maildir ingested every day, or a bounce an MTA sends again, no longer counts again.
+    # Rows from before have no key (SQLite cannot hash); the intake finds those by their
+    # evidence bytes instead and gives them the key then.
+    """
+    ALTER TABLE bounces ADD COLUMN evidence_key TEXT;
+    CREATE UNIQUE INDEX bounces_evidence ON bounces (evidence_key) WHERE evidence_key IS NOT NULL;
+    """,
 )

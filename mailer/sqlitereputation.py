@@ -35,10 +35,11 @@ class ReputationQueries(StoreTables):
         return [(r[0], r[1] or "", int(r[2]), int(r[3])) for r in rows]
 
     async def complaints_since(self, *, since: datetime) -> list[tuple[str, str, int]]:
-        """(scenario, step id, complaints) of the feedback reports matched to a message since `since`."""
+        """(scenario, step id, complaints) of the complaints matched to a message since `since`:
+        feedback reports taken as complaints (a not-spam or auth-failure report is not one)."""
         rows = await self._fetchall(
             "SELECT m.scenario, m.step_id, count(*) FROM bounces b JOIN messages m ON m.id = b.message_id "
-            "WHERE b.kind = 'feedback' AND b.at >= ? AND b.undone_at IS NULL GROUP BY 1, 2",
+            "WHERE b.kind = 'feedback' AND b.action = 'complaint' AND b.at >= ? AND b.undone_at IS NULL GROUP BY 1, 2",
             (ms(since),),
         )
         return [(r[0], r[1], int(r[2])) for r in rows]

@@ -386,7 +386,10 @@ def _by_lead(rows: Iterable[Any]) -> dict[int, list[ScoringEvent]]:
     """Events rows as ScoringEvents per lead; rows that score nothing are left out."""
     events: dict[int, list[ScoringEvent]] = {}
     for lead_id, row_id, kind, at, machine, data in rows:
-        event = scoring_event(row_id, kind, from_ms(at), bool(machine), json.loads(data))
+        fields = json.loads(data)
+        if "undone" in fields:
+            continue  # a bounce or complaint an operator undid (mailer.sqlitebounces.undo_bounce)
+        event = scoring_event(row_id, kind, from_ms(at), bool(machine), fields)
         if event is not None:
             events.setdefault(lead_id, []).append(event)
     return events

@@ -230,7 +230,9 @@ def test_bounces_ingest_list_show_and_undo_from_the_command_line(tmp_path: Path,
     assert "bounces: record 1, suppress 1" in capsys.readouterr().out
     assert main(["bounces", "undo", "lead000@example.com"]) == 0
     assert "undone" in capsys.readouterr().out
-    assert main(["bounces", "undo", "lead000@example.com"]) == 2
+    assert main(["bounces", "undo", "lead000@example.com"]) == 0
+    assert "already undone on" in capsys.readouterr().out
+    assert main(["bounces", "undo", "nobody@example.com"]) == 2
 
 
 async def test_the_listener_accepts_real_world_long_lines(bouncing: Bouncing) -> None:

@@ -21,10 +21,10 @@ async def sent(store: SQLiteStore, *emails: str, at: datetime = T0) -> list[int]
     return ids
 
 
-def feedback(message: int, at: datetime, *, kind: str = "feedback") -> BounceRecord:
+def feedback(message: int, at: datetime, *, kind: str = "feedback", action: str = "complaint") -> BounceRecord:
     return BounceRecord(
         at=at, source="dsn", email="x@example.com", kind=kind, reason="feedback", bounce_class="none",
-        action="complaint", message=message,
+        action=action, message=message,
     )  # fmt: skip
 
 
@@ -37,13 +37,15 @@ async def test_sent_messages_are_counted_per_scenario_step_and_hour_since_the_in
 
 
 async def test_complaints_count_feedback_reports_matched_to_messages(store: SQLiteStore) -> None:
-    """Feedback reports count per scenario and step; bounces, undone reports and older ones do not."""
+    """Feedback reports taken as complaints count per scenario and step; bounces, not-spam or auth-failure reports, undone reports and older ones do not."""
     first, second, third = await sent(store, "a@example.com", "b@example.com", "c@example.com")
     await store.record_bounce(feedback(first, T0 + timedelta(hours=1)))
     await store.record_bounce(feedback(second, T0 + timedelta(hours=2)))
     await store.record_bounce(feedback(third, T0 + timedelta(hours=1), kind="bounce"))
     undone = await store.record_bounce(feedback(third, T0 + timedelta(hours=1)))
     await store.undo_bounce(undone, now=T0 + timedelta(hours=3))
+    await store.record_bounce(feedback(third, T0 + timedelta(hours=1), action="record"))  # Feedback-Type: not-spam
+    await store.record_bounce(feedback(third, T0 + timedelta(hours=1), action="sender-alert"))  # auth-failure
     assert await store.complaints_since(since=T0) == [("nurture", "welcome", 2)]
     assert await store.complaints_since(since=T0 + timedelta(minutes=90)) == [("nurture", "welcome", 1)]
 
