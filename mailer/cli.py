@@ -182,11 +182,17 @@ def _parser() -> argparse.ArgumentParser:
     s_list = suppress_commands.add_parser("list", help="the latest suppressions")
     s_list.add_argument("--reason", choices=REASONS, default=None)
     s_list.add_argument("--list", dest="list_name", default=None, help="only this list ('' for global ones)")
-    s_list.add_argument("--limit", type=int, default=50)
+    s_list.add_argument("--email", default=None, metavar="EMAIL", help="only this address's suppressions")
+    s_list.add_argument("--limit", type=int, default=50, help="show at most N (default 50)")
     s_list.set_defaults(run=_suppress_list)
-    s_import = suppress_commands.add_parser("import", help="suppress the addresses of a CSV (column email)")
+    s_import = suppress_commands.add_parser(
+        "import", help="suppress the addresses of a CSV (column email; list, reason, detail, created_at kept per row)"
+    )
     s_import.add_argument("file", type=Path)
-    scope_and_reason(s_import)
+    s_import.add_argument("--list", dest="list_name", default=None,
+                          help="only for this list (default: every list); not with a file that has a list column")
+    s_import.add_argument("--reason", choices=REASONS, default=None,
+                          help="why (default manual); not with a file that has a reason column")
     s_import.set_defaults(run=_suppress_import)
     s_export = suppress_commands.add_parser("export", help="every suppression as CSV (safe to open in a spreadsheet)")
     s_export.add_argument("--out", type=Path, default=None, help="write to this file (default: stdout)")
@@ -528,7 +534,9 @@ def _suppress_list(args: argparse.Namespace) -> int:
     from mailer import suppressing
 
     config = load(args, required=True)
-    return asyncio.run(suppressing.show(config, reason=args.reason, list_name=args.list_name, limit=args.limit))
+    return asyncio.run(
+        suppressing.show(config, reason=args.reason, list_name=args.list_name, email=args.email, limit=args.limit)
+    )
 
 
 def _suppress_import(args: argparse.Namespace) -> int:

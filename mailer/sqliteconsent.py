@@ -306,13 +306,28 @@ class ConsentTables(StoreTables):
 
     async def add_suppressions(self, suppressions: Sequence[Suppression], *, now: datetime) -> int:
         """Suppress addresses; returns how many were new (an existing suppression is kept)."""
+        return sum((await self.add_suppressions_by_scope(suppressions, now=now)).values())
+
+    async def add_suppressions_by_scope(
+        self, suppressions: Sequence[Suppression], *, now: datetime
+    ) -> dict[tuple[str, str], int]:
+        """Suppress addresses in one transaction; how many were new per (list, reason).
+
+        A suppression's own `created_at` (an imported export's) is kept; `now` dates the rest.
+        """
+        groups: dict[tuple[str, str], list[Suppression]] = {}
+        for suppression in suppressions:
+            groups.setdefault((suppression.list_name, suppression.reason), []).append(suppression)
+        added: dict[tuple[str, str], int] = {}
         async with self.transaction():
-            before = self.db.total_changes
-            await self.db.executemany(
-                "INSERT OR IGNORE INTO suppressions (email, list, reason, detail, created_at) VALUES (?, ?, ?, ?, ?)",
-                [(s.email.strip().lower(), s.list_name, s.reason, s.detail, ms(now)) for s in suppressions],
-            )
-            return self.db.total_changes - before
+            for scope, group in groups.items():
+                before = self.db.total_changes
+                await self.db.executemany(
+                    "INSERT OR IGNORE INTO suppressions (email, list, reason, detail, created_at) VALUES (?, ?, ?, ?, ?)",
+                    [(s.email.strip().lower(), s.list_name, s.reason, s.detail, ms(s.created_at or now)) for s in group],
+                )
+                added[scope] = self.db.total_changes - before
+        return added
 
     async def unsuppress(self, email: str, *, list_name: str, now: datetime) -> Suppression | None:
         """Lift one suppression (an operator's decision), keeping an event; None if there was none."""
@@ -332,21 +347,34 @@ class ConsentTables(StoreTables):
         return Suppression(address, row[0], list_name, row[1], from_ms(row[2]))
 
     async def list_suppressions(
-        self, *, reason: str | None = None, list_name: str | None = None, limit: int | None = None
+        self, *, reason: str | None = None, list_name: str | None = None, email: str | None = None,
+        limit: int | None = None,
     ) -> list[Suppression]:
-        """Suppressions, newest first, optionally of one reason or one list ("" is global)."""
-        where: list[str] = []
-        params: list[Any] = []
-        if reason is not None:
-            where.append("reason = ?")
-            params.append(reason)
-        if list_name is not None:
-            where.append("list = ?")
-            params.append(list_name)
-        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        """Suppressions, newest first, optionally of one reason, one list ("" is global) or one address."""
+        clause, params = _suppression_filter(reason=reason, list_name=list_name, email=email)
         rows = await self._fetchall(
             f"SELECT email, reason, list, detail, created_at FROM suppressions {clause} "
             "ORDER BY created_at DESC, email, list LIMIT ?",
             [*params, -1 if limit is None else limit],
         )
         return [Suppression(r[0], r[1], r[2], r[3], from_ms(r[4])) for r in rows]
+
+    async def count_suppressions(
+        self, *, reason: str | None = None, list_name: str | None = None, email: str | None = None
+    ) -> int:
+        """How many suppressions `list_suppressions` would return without a limit."""
+        clause, params = _suppression_filter(reason=reason, list_name=list_name, email=email)
+        return int((await self._one(f"SELECT count(*) FROM suppressions {clause}", params))[0])
+
+
+def _suppression_filter(
+    *, reason: str | None, list_name: str | None, email: str | None
+) -> tuple[str, list[Any]]:
+    """The WHERE clause and its parameters for the filters that are not None."""
+    where: list[str] = []
+    params: list[Any] = []
+    for column, value in (("reason", reason), ("list", list_name), ("email", email)):
+        if value is not None:
+            where.append(f"{column} = ?")
+            params.append(value.strip().lower() if column == "email" else value)
+    return (f"WHERE {' AND '.join(where)}" if where else ""), params

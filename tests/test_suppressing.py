@@ -38,10 +38,13 @@ def one_error_line(err: str) -> str:
 
 @pytest.fixture
 def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    write_workspace(tmp_path)
-    (tmp_path / "mailer.toml").write_text('[identities.default]\nfrom = "Acme <news@acme.example>"\n')
+    write_workspace(tmp_path)  # its scenario enters from list `signups`
+    (tmp_path / "mailer.toml").write_text(WORKSPACE_TOML)
     monkeypatch.chdir(tmp_path)
     return tmp_path
+
+
+WORKSPACE_TOML = '[identities.default]\nfrom = "Acme <news@acme.example>"\n[lists.news]\n[lists."@SUM(A1:A9)"]\n'
 
 
 def suppressions(workspace: Path) -> list[tuple[str, str, str, str]]:
@@ -160,9 +163,12 @@ def test_export_is_formula_safe_and_round_trips(workspace: Path, capsys: pytest.
     for row in table:
         for cell in row.values():
             assert not cell.startswith(("=", "+", "-", "@", "\t", "\r"))
-    code, out, _ = run(capsys, "suppress", "import", str(out_file), "--list", "again")
-    assert code == 0 and "4 addresses suppressed for again" in out, "an export imports back, quotes and all"
-    assert ("-1@example.com", "again", "manual", "imported from export.csv") in suppressions(workspace)
+    before = suppressions(workspace)
+    with sqlite3.connect(workspace / "mailer.db") as db:
+        db.execute("DELETE FROM suppressions")
+    code, out, _ = run(capsys, "suppress", "import", str(out_file))
+    assert code == 0 and "4 addresses suppressed: 3 for every list, 1 for @SUM(A1:A9) (manual)" in out
+    assert suppressions(workspace) == before, "an export imports back, quotes and all"
 
 
 def test_export_to_stdout(workspace: Path) -> None:
@@ -172,6 +178,112 @@ def test_export_to_stdout(workspace: Path) -> None:
     assert result.returncode == 0
     assert result.stdout.splitlines()[0] == "email,list,reason,detail,created_at"
     assert result.stdout.splitlines()[1].startswith("a@example.com,,manual,,")
+
+
+def test_export_imports_into_a_fresh_store_with_each_rows_list_reason_and_date(
+    workspace: Path, tmp_path_factory: pytest.TempPathFactory, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An export imported into another workspace keeps every row's list, reason, detail and date: exporting again gives the same file."""
+    run(capsys, "suppress", "add", "a@example.com", "b@example.com", "--reason", "hard-bounce", "--note", "550 5.1.1")
+    run(capsys, "suppress", "add", "c@example.com", "d@example.com")
+    run(capsys, "suppress", "add", "e@example.com", "a@example.com", "--list", "news", "--reason", "unsubscribe")
+    exported = workspace / "s.csv"
+    assert run(capsys, "suppress", "export", "--out", str(exported))[0] == 0
+    elsewhere = tmp_path_factory.mktemp("ws3")
+    write_workspace(elsewhere)
+    (elsewhere / "mailer.toml").write_text('[identities.default]\nfrom = "Acme <news@acme.example>"\n')
+    monkeypatch.chdir(elsewhere)
+    code, out, err = run(capsys, "suppress", "import", str(exported))
+    assert code == 0
+    assert out == (
+        f"{exported}: 6 rows: 6 addresses suppressed: 4 for every list, 2 for news (2 hard-bounce, 2 manual, 2 unsubscribe), "
+        "0 already suppressed, 0 rejected\n"
+    )
+    assert "list 'news' (2 rows) is not known here" in err, "a list this workspace does not know is named, and kept"
+    assert suppressions(elsewhere) == suppressions(workspace)
+    again = elsewhere / "again.csv"
+    run(capsys, "suppress", "export", "--out", str(again))
+    assert again.read_bytes() == exported.read_bytes()
+
+
+def test_import_refuses_list_or_reason_options_that_the_files_columns_would_override(
+    workspace: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--list with a file that has a list column (or --reason with a reason column) is one error, and nothing is written."""
+    source = workspace / "own.csv"
+    source.write_text("email,list,reason\na@example.com,,complaint\n")
+    code, _, err = run(capsys, "suppress", "import", str(source), "--list", "news")
+    assert code == 2 and "--list 'news': the file gives each row its own list" in one_error_line(err)
+    code, _, err = run(capsys, "suppress", "import", str(source), "--reason", "manual")
+    assert code == 2 and "--reason 'manual': the file gives each row its own reason" in one_error_line(err)
+    assert not (workspace / "mailer.db").exists()
+    source.write_text("email,reason\na@example.com,complaint\n")
+    assert run(capsys, "suppress", "import", str(source), "--list", "news")[0] == 0, "--list is fine without a list column"
+    assert suppressions(workspace) == [("a@example.com", "news", "complaint", "imported from own.csv")]
+
+
+def test_import_rejects_a_row_with_an_unknown_reason_by_line_with_the_allowed_ones(
+    workspace: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A reason cell outside the vocabulary rejects its row (file:line, closest and allowed values); empty means manual."""
+    source = workspace / "reasons.csv"
+    source.write_text("email,reason\na@example.com,hardbounce\nb@example.com,complaint\nc@example.com,\n")
+    code, out, err = run(capsys, "suppress", "import", str(source))
+    assert code == 2
+    assert f"{source}:2: a@example.com: The reason 'hardbounce' is not one we know: did you mean 'hard-bounce'? " \
+           "one of: unsubscribe, hard-bounce, complaint, soft-bounce-escalation, manual, unconfirmed" in err
+    assert "2 addresses suppressed for every list (1 complaint, 1 manual)" in out and "1 rejected" in out
+    assert [row[:3] for row in suppressions(workspace)] == [("b@example.com", "", "complaint"), ("c@example.com", "", "manual")]
+
+
+def test_add_and_import_refuse_a_list_nobody_knows_naming_the_closest(workspace: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`--list` must be declared in mailer.toml, hold leads or be a scenario's entry list; a typo is exit 2 with a guess."""
+    code, _, err = run(capsys, "suppress", "add", "a@example.com", "--list", "signup")
+    line = one_error_line(err)
+    assert code == 2 and "no list named 'signup'" in line and "did you mean 'signups'?" in line
+    assert "known lists: @SUM(A1:A9), news, signups" in line
+    assert not (workspace / "mailer.db").exists(), "a refused command creates no store"
+    source = workspace / "plain.csv"
+    source.write_text("email\na@example.com\n")
+    code, _, err = run(capsys, "suppress", "import", str(source), "--list", "nwes")
+    assert code == 2 and "did you mean 'news'?" in one_error_line(err)
+    leads = workspace / "leads.csv"
+    leads.write_text("email\nz@example.com\n")
+    assert run(capsys, "leads", "import", str(leads), "--list", "webinar")[0] == 0
+    for known in ("signups", "news", "webinar"):  # the scenario's, mailer.toml's, the store's
+        assert run(capsys, "suppress", "add", "a@example.com", "--list", known)[0] == 0
+    assert run(capsys, "suppress", "import", str(source), "--list", "webinar")[0] == 0
+    assert [row[1] for row in suppressions(workspace)] == ["news", "signups", "webinar"]
+
+
+def test_remove_with_a_list_of_a_global_suppression_says_to_drop_the_list(workspace: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Naming a list for an address suppressed for every list hints at leaving out --list, not passing one."""
+    run(capsys, "suppress", "add", "p@example.com")
+    code, _, err = run(capsys, "suppress", "remove", "p@example.com", "--list", "signups")
+    line = one_error_line(err)
+    assert code == 2 and "it is suppressed for: every list; drop --list to lift the one for every list" in line
+    assert "pass --list" not in line
+    code, _, err = run(capsys, "suppress", "remove", "nobody@example.com")
+    assert code == 2 and "it is not suppressed for any list, nor for every list" in one_error_line(err)
+
+
+def test_list_says_when_it_shows_only_part_and_finds_one_address(workspace: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`suppress list` says on stderr how many it left out; --email shows one address's suppressions, written any case."""
+    run(capsys, "suppress", "add", *[f"lead{n}@example.com" for n in range(5)])
+    run(capsys, "suppress", "add", "lead3@example.com", "--list", "news", "--note", "by phone")
+    code, out, err = run(capsys, "suppress", "list", "--limit", "4")
+    assert code == 0 and len(out.splitlines()) == 4
+    assert err == "showing 4 of 6; --limit N or `mailer suppress export`\n"
+    code, out, err = run(capsys, "suppress", "list", "--limit", "6")
+    assert len(out.splitlines()) == 6 and err == ""
+    code, out, err = run(capsys, "suppress", "list", "--email", " Lead3@EXAMPLE.com ")
+    assert code == 0 and err == ""
+    assert sorted(line.split("  ", 1)[1] for line in out.splitlines()) == [
+        "lead3@example.com  every list  manual", "lead3@example.com  news  manual  by phone"
+    ]
+    code, out, err = run(capsys, "suppress", "list", "--email", "lead9@example.com")
+    assert code == 0 and out == "" and "lead9@example.com is not suppressed" in err
+
 
 
 # leads import and consent
