@@ -6,7 +6,7 @@ mailer.apikeys). JSON in, JSON out; `{email}` is the address, percent-encoded as
 
 | route | answer |
 | --- | --- |
-| `PUT /api/leads/{email}` | 201 created or 200 updated: the lead (written fields replace, others stay) |
+| `PUT /api/leads/{email}` | 201 created or 200 updated: the lead (written fields replace, others stay; an attribute written null is cleared) |
 | `POST /api/events` | one event or a list: 202 `{"recorded": n, "replayed": m}` |
 | `POST /api/leads/{email}/accept` | sales accepts the lead: SAL |
 | `POST /api/leads/{email}/stage` | `{"stage": "SQL", "reason": …}`: a move the stage rules allow |
@@ -27,6 +27,7 @@ import ipaddress
 import json
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
@@ -152,7 +153,10 @@ class ApiServer:
         reason = f"created as {stage} through the API (key {key_name})"
         if stage is not None and existing is None and stage != "lead":
             self._request(wanted.lead, stage, reason=reason)  # refused before anything is written
-        await self.store.upsert_leads([wanted.lead], list_name=wanted.list_name, now=now, consent_source=f"api:{key_name}")
+        written = wanted.lead
+        if existing is None:  # a new lead has nothing to clear: a null is no value at all
+            written = replace(written, attributes={k: v for k, v in written.attributes.items() if v is not None})
+        await self.store.upsert_leads([written], list_name=wanted.list_name, now=now, consent_source=f"api:{key_name}")
         lead = await self._stored(email)
         if stage is not None and existing is None and lead.stage != stage:
             lead = await self._set_stage(lead, self._request(lead, stage, reason=reason), now)

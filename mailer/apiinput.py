@@ -48,7 +48,7 @@ def bad(field: str, error: str, **extra: Any) -> ApiError:
 class LeadInput:
     """A PUT /api/leads/{email} body, checked."""
 
-    lead: Lead  # the written fields; empty ones are left as stored
+    lead: Lead  # the written fields; empty ones are left as stored, attributes written null are cleared
     list_name: str | None
     stage: str | None  # the stage asked for, canonical
 
@@ -210,22 +210,24 @@ def _instant(written: str, field: str) -> datetime:
     return moment
 
 
-def _attributes(value: object) -> dict[str, str | int | float | bool]:
+def _attributes(value: object) -> dict[str, str | int | float | bool | None]:
+    """The attributes to write; None for one written null, which clears it (a CRM emptying a BANT field)."""
     if not isinstance(value, dict):
         raise bad("attributes", "must be an object of names and values")
     if len(value) > MAX_ATTRIBUTES:
         raise bad("attributes", f"more than {MAX_ATTRIBUTES} attributes in one call")
-    attributes: dict[str, str | int | float | bool] = {}
+    attributes: dict[str, str | int | float | bool | None] = {}
     for name, item in value.items():
         field = f"attributes.{name}"
         if not name.strip() or len(name) > MAX_ATTRIBUTE_NAME:
             raise bad(field, f"an attribute name must be 1 to {MAX_ATTRIBUTE_NAME} characters")
         if isinstance(item, str):
             attributes[name] = one_line(value, name, "attributes.")
-        elif isinstance(item, (bool, int, float)):
+        elif isinstance(item, (bool, int, float)) or item is None:
+            # null clears the attribute; "" leaves it as stored, as an empty cell does in an import
             attributes[name] = item
-        elif item is not None:  # null: left as it is (an empty value never erases, as in imports)
-            raise bad(field, "must be text, a number or true/false")
+        else:
+            raise bad(field, "must be text, a number, true/false, or null to clear it")
     return attributes
 
 

@@ -201,11 +201,9 @@ class SQLiteStore(
                         lead.job_title,
                         lead.timezone,
                         lead.source,
-                        # an empty value must not erase a stored one (and json_patch deletes on null)
-                        json.dumps(
-                            {k: v for k, v in lead.attributes.items() if v is not None and v != ""},
-                            ensure_ascii=False,
-                        ),
+                        # an empty value must not erase a stored one; None (an API null) does: json_patch
+                        # deletes a key patched with null (RFC 7396). CSV imports never hold None.
+                        json.dumps({k: v for k, v in lead.attributes.items() if v != ""}, ensure_ascii=False),
                         stamp,
                         stamp,
                     )

@@ -236,6 +236,20 @@ async def test_put_creates_then_updates_a_lead(api: Api) -> None:
     assert len(api.changes) == 2
 
 
+async def test_null_clears_an_attribute_and_empty_text_leaves_it(api: Api) -> None:
+    """A CRM clears a BANT field with null (the lead is queued for re-scoring); "" and leaving it out keep it."""
+    await api.call("PUT", "/api/leads/ann@acme.example", {"attributes": {"budget": "Q3", "need": "reports", "size": 9}})
+    with sqlite3.connect(api.store.path) as db:
+        db.execute("DELETE FROM scoring_queue")  # as if the daemon had scored everyone
+    status, lead = await api.call("PUT", "/api/leads/ann@acme.example", {"attributes": {"budget": None, "need": ""}})
+    assert status == 200 and lead["attributes"] == {"need": "reports", "size": 9}
+    stored = await api.store.get_lead("ann@acme.example")
+    assert stored is not None and dict(stored.attributes) == {"need": "reports", "size": 9}
+    assert any(row[0] == stored.id for row in api.stored()["scoring_queue"])  # grading and BANT see the change
+    status, lead = await api.call("PUT", "/api/leads/new@acme.example", {"attributes": {"budget": None, "need": "x"}})
+    assert status == 201 and lead["attributes"] == {"need": "x"}  # a new lead stores no null
+
+
 @pytest.mark.parametrize(
     ("body", "field"),
     [
