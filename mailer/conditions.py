@@ -88,6 +88,17 @@ class Condition(ABC):
         return frozenset(test.step_id for test in self.engagement_tests() if test.step_id is not None)
 
 
+def tested_attributes(condition: Condition) -> Iterator[str]:
+    """The name of every lead field or attribute `condition` tests, in the order written."""
+    if isinstance(condition, (AllOf, AnyOf)):
+        for part in condition.conditions:
+            yield from tested_attributes(part)
+    elif isinstance(condition, Not):
+        yield from tested_attributes(condition.condition)
+    elif isinstance(condition, AttributeTest):
+        yield condition.attribute
+
+
 def refuse_engagement(condition: Condition, rule: str, *, at: Section, key: str, hint: str, point_at_test: bool = True) -> None:
     """Refuse `condition`, written under `key` of `at`, when it tests what a lead did in a scenario.
 

@@ -2,7 +2,8 @@
 
 `leads show` answers "why is this lead an MQL?": the profile, the score with what each rule
 added, the grade with the rules that held, the stage and since when, the account, and every
-change of score, grade and stage with its reason. Scoring, grading and the stage rules are
+change of score, grade and stage with its reason; and "why didn't it get mail?": its
+suppressions, lists and consent (mailer.reachability). Scoring, grading and the stage rules are
 pure (mailer.scoring, mailer.grading, mailer.stages); this module only fetches, asks them and
 prints.
 """
@@ -23,8 +24,10 @@ from mailer.config import Config
 from mailer.csvimport import normalize_email
 from mailer.errors import UserError
 from mailer.leads import Lead
+from mailer.reachability import Reachability, reachability, reachability_json, render_reachability
 from mailer.scoremodel import STAGES, GradeResult, HistoryEntry, ScoreResult, StageChange, canonical_stage
 from mailer.store import Store, open_store
+from mailer.tables import aligned, display_width, pad
 
 if TYPE_CHECKING:
     from mailer.scoringrules import ScoringConfig
@@ -93,6 +96,7 @@ class LeadReport:
     account_stage: str = ""
     mqa_score: int | None = None
     history: tuple[HistoryEntry, ...] = ()
+    reach: Reachability = Reachability()  # suppressions, lists and consent: why mail goes out or not
     rules_error: str = ""  # scoring.yaml's mistake: the stored values are shown without the why
 
     @property
@@ -132,6 +136,7 @@ async def lead_report(store: Store, email: str, rules: ScoringConfig | UserError
         account_stage=account_stage,
         mqa_score=None if isinstance(rules, UserError) else rules.stages.mqa_score,
         history=tuple(await store.lead_history(lead.id)),
+        reach=await reachability(store, lead.email),
         rules_error=rules.render() if isinstance(rules, UserError) else "",
     )
 
@@ -190,9 +195,10 @@ def render_lead(report: LeadReport) -> str:
         lines.append(f"         why: {reason} (by {moved.data.get('by', 'rules')})")
 
     lines.append(f"score    {lead.score}" + (f" (product {lead.product_score})" if lead.product_score else ""))
-    width = max([len(c.rule) for c in report.score.contributions] + [len(r) for r, _ in report.grade.matched] + [4])
+    names = [c.rule for c in report.score.contributions] + [rule for rule, _ in report.grade.matched]
+    width = max([display_width(name) for name in names] + [4])
     for c in report.score.contributions:
-        lines.append(f"         {points(c.points):>7}  {c.rule:<{width}}  {c.events} event{'s' if c.events != 1 else ''}")
+        lines.append(f"         {points(c.points):>7}  {pad(c.rule, width)}  {c.events} event{'s' if c.events != 1 else ''}")
     if report.rules_error:
         lines.append("         (what each rule added cannot be shown while scoring.yaml has a mistake)")
     elif not report.score.contributions:
@@ -221,6 +227,7 @@ def render_lead(report: LeadReport) -> str:
         target = f" of {report.mqa_score} for MQA" if report.mqa_score is not None else ""
         state = "MQA" if report.account_stage == "MQA" else "not MQA"
         lines.append(f"account  {report.account}: score {report.account_score}{target}, {state}")
+    lines += render_reachability(report.reach)
 
     lines.append("history  (oldest first)")
     for entry in report.history:
@@ -255,6 +262,7 @@ def lead_json(report: LeadReport) -> str:
             "account": report.account, "score": report.account_score, "stage": report.account_stage,
             "mqa_score": report.mqa_score,
         },
+        **reachability_json(report.reach),  # suppressions, lists, consents
         "history": [{"at": e.at.isoformat(), "type": e.type, **dict(e.data)} for e in report.history],
         "scoring_problem": report.rules_error or None,  # set: contributions and matched rules are not known
     }
@@ -264,12 +272,7 @@ def lead_json(report: LeadReport) -> str:
 def leads_table(leads: Sequence[Lead]) -> str:
     rows = [("email", "stage", "score", "grade", "name", "company")]
     rows += [(lead.email, lead.stage, str(lead.score), lead.grade or "–", lead.display_name, lead.company) for lead in leads]
-    widths = [max(len(row[i]) for row in rows) for i in range(5)]
-    return "\n".join(
-        "  ".join([row[0].ljust(widths[0]), row[1].ljust(widths[1]), row[2].rjust(widths[2]), row[3].ljust(widths[3]),
-                   row[4].ljust(widths[4]), row[5]]).rstrip()
-        for row in rows
-    )
+    return "\n".join(aligned(rows, right={2}))  # by display width: 山田 太郎 takes four columns
 
 
 # -- moving a lead by hand -----------------------------------------------------------------

@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import io
 import json
-import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from mailer.csvexport import write_csv
 from mailer.store import StepFigures
+from mailer.tables import aligned
 
 TOTAL_STEP = "(total)"
 
@@ -130,16 +130,6 @@ def _cell(value: int | float | None, *, rate: bool) -> str:
     return f"{value:.1%}" if rate else str(value)
 
 
-def _width(text: str) -> int:
-    """Columns a terminal gives the text: East Asian wide and full-width characters take two."""
-    return sum(2 if unicodedata.east_asian_width(char) in "WF" else 1 for char in text)
-
-
-def _pad(text: str, width: int, *, right: bool) -> str:
-    gap = " " * (width - _width(text))
-    return gap + text if right else text + gap
-
-
 def format_table(rows: Sequence[ReportRow]) -> str:
     """An aligned table with a legend that names each column in English and Japanese."""
     if not rows:
@@ -148,10 +138,7 @@ def format_table(rows: Sequence[ReportRow]) -> str:
     body = [
         [row.scenario, row.step, *(_cell(row.value(c.key), rate=c.rate) for c in COLUMNS)] for row in rows
     ]
-    widths = [max(_width(line[i]) for line in [header, *body]) for i in range(len(header))]
-    lines = []
-    for line in [header, *body]:
-        lines.append("  ".join(_pad(cell, widths[i], right=i >= 2) for i, cell in enumerate(line)).rstrip())
+    lines = aligned([header, *body], right=range(2, len(header)))  # Japanese scenario and step names too
     lines.append("")
     lines.extend(f"{c.header}: {c.japanese}, {c.meaning}" for c in COLUMNS)
     return "\n".join(lines)

@@ -21,7 +21,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import ClassVar
 
-from mailer.conditions import AllOf, AnyOf, AttributeTest, Condition, Not, parse_condition, refuse_engagement
+from mailer.conditions import Condition, parse_condition, refuse_engagement, tested_attributes
 from mailer.errors import ScoringError, UserError
 from mailer.scoremodel import EVENT_TYPES, GRADES
 from mailer.stages import DEFAULT_STAGE_RULES, StageRules, parse_stage_rules
@@ -270,21 +270,11 @@ def _check_fit(at: _At, when: Condition) -> None:
     """Refuse what a grade cannot depend on: engagement in a scenario, behaviour, the lifecycle."""
     refuse_engagement(when, "a grading rule", at=at, key="when", point_at_test=False,
                       hint="grading measures fit from the profile; give points for behaviour under scoring:")
-    for attribute in _attributes(when):
+    for attribute in tested_attributes(when):
         if attribute in _NOT_FIT:
             raise at.error("when", f"a grading rule cannot test {attribute}",
                            "grading measures fit from the profile; combine score and grade in stages:, e.g. "
                            'MQL: "score >= 50 and grade >= B"')
-
-
-def _attributes(condition: Condition) -> Iterator[str]:
-    if isinstance(condition, (AllOf, AnyOf)):
-        for part in condition.conditions:
-            yield from _attributes(part)
-    elif isinstance(condition, Not):
-        yield from _attributes(condition.condition)
-    elif isinstance(condition, AttributeTest):
-        yield condition.attribute
 
 
 def _bands(document: YamlMap, file: str) -> tuple[tuple[str, float], ...]:

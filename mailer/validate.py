@@ -10,12 +10,16 @@ from __future__ import annotations
 import asyncio
 import re
 import secrets
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from email_validator import EmailNotValidError
 
 from mailer.compose import Composer, context_for
+from mailer.conditions import CONDITION_FIELDS, Condition, tested_attributes
 from mailer.config import Config
 from mailer.csvimport import normalize_email, read_leads_csv
 from mailer.wording import counted
@@ -27,17 +31,27 @@ from mailer.mime import make_message_id
 from mailer.render import Renderer, render_error
 from mailer.scenario import NOT_SCENARIOS, Scenario, Step, load_scenario, load_scenarios
 from mailer.segments import LISTS_FILE, load_segments
+from mailer.stages import BANT
 from mailer.store import open_store
 from mailer.tokens import Signer
 from mailer.yamlfile import closest
 
+if TYPE_CHECKING:
+    from mailer.scoringrules import ScoringConfig
+
 SAMPLE_SIZE = 20
+# The lead fields every condition reads (mailer.conditions), and the attributes the lifecycle
+# itself gives meaning to: BANT (mailer.stages.bant) and the account (mailer.stages.account_of).
+KNOWN_NAMES = frozenset({*CONDITION_FIELDS, *BANT, "account"})
+# Leads read to find the attributes a rule tests when the sample lacks them: reading 100,000
+# took 0.6 s on a 2-core test machine; past that the note says how many leads were read.
+MAX_SCANNED = 100_000
 
 
 def validate(config: Config, *, path: Path | None, leads_csv: Path | None) -> tuple[list[UserError], str]:
     """Every problem found, and a one-line summary."""
     scenarios, problems = _load(config, path)
-    scoring_problems, scoring_note = check_scoring(config, path)
+    scoring, scoring_problems, scoring_note = check_scoring(config, path)
     problems += scoring_problems
     leads = sample_leads(config, leads_csv)
     renderer = Renderer(config.templates)
@@ -55,6 +69,9 @@ def validate(config: Config, *, path: Path | None, leads_csv: Path | None) -> tu
             if compiled.inline_each is not None:
                 notes.append(f"note: {step.template}: CSS is inlined per message, which is slower: {compiled.inline_each}")
     notes += unknown_entry_lists(config, scenarios)
+    where = path or config.scenarios
+    rules = rule_conditions(scenarios, scoring, lists_file=(where if where.is_dir() else where.parent) / LISTS_FILE)
+    notes += unknown_attributes(config, rules, leads)
     summary = "".join(note + "\n" for note in dict.fromkeys(notes)) + (
         f"{counted(len(scenarios), 'scenario')}, {counted(steps, 'step')} rendered against "
         f"{counted(len(leads), 'sample lead')}: " + (counted(len(problems), "problem") if problems else "all good")
@@ -87,6 +104,86 @@ def unknown_entry_lists(config: Config, scenarios: list[Scenario]) -> list[str]:
     return notes
 
 
+@dataclass(frozen=True)
+class RuleAt:
+    """A condition of a scenario, list or scoring file, and where it is written."""
+
+    file: str
+    field: str  # "stages.MQL", "steps.welcome.condition"
+    condition: Condition
+
+
+def rule_conditions(scenarios: Sequence[Scenario], scoring: ScoringConfig | None, *, lists_file: Path) -> list[RuleAt]:
+    """Every condition that decides who gets mail or moves on: stage and grading rules, scenario
+    entry rules (with the dynamic lists they enter by), step conditions and exit goals."""
+    rules: list[RuleAt] = []
+    if scoring is not None and scoring.file is not None:
+        for key, stage_rule in (("MQL", scoring.stages.mql), ("PQL", scoring.stages.pql)):
+            if stage_rule is not None:
+                rules.append(RuleAt(scoring.file, f"stages.{key}", stage_rule))
+        rules += [RuleAt(scoring.file, f"grading[{index}].when", rule.when) for index, rule in enumerate(scoring.grading)]
+    for scenario in scenarios:
+        if scenario.entry.where is not None:
+            rules.append(RuleAt(scenario.file, "entry.where", scenario.entry.where))
+        if scenario.entry.segment is not None:
+            rules.append(RuleAt(str(lists_file), f"lists.{scenario.entry.list_name}.where", scenario.entry.segment))
+        rules += [RuleAt(scenario.file, f"steps.{step.id}.condition", step.condition) for step in scenario.steps
+                  if step.condition is not None]
+        if scenario.exit_when is not None:
+            rules.append(RuleAt(scenario.file, "exit_when", scenario.exit_when))
+    return rules
+
+
+def unknown_attribute_notes(rules: Sequence[RuleAt], known: Collection[str], *, every_lead: bool = True) -> list[str]:
+    """A note for each attribute a rule tests that is no lead field and that no lead has.
+
+    Most often a typo (`scroe >= 50`), after which the test sees an empty value for every lead
+    and nobody ever becomes MQL. A note, not a problem: the attribute may be a CSV column or an
+    API attribute that arrives after the files. `known` is the attribute names leads have;
+    `every_lead` False says only some leads were read.
+    """
+    candidates = KNOWN_NAMES | set(known)
+    leads = "any lead" if every_lead else f"any of the first {MAX_SCANNED:,} leads"
+    notes = []
+    for rule in rules:
+        for name in dict.fromkeys(tested_attributes(rule.condition)):
+            if name in candidates:
+                continue
+            close = closest(name, candidates)
+            guess = f": did you mean {close!r}?" if close else ""
+            notes.append(f"note: {rule.file}: {rule.field} tests {name!r}, which is neither a lead field nor an attribute "
+                         f"of {leads}{guess} (until a lead has it, the rule sees it empty)")
+    return notes
+
+
+def unknown_attributes(config: Config, rules: Sequence[RuleAt], sample: Sequence[Lead]) -> list[str]:
+    """`unknown_attribute_notes` for the attributes of the sample and, for names it lacks, of the stored leads."""
+    known = {name for lead in sample for name in lead.attributes}
+    wanted = {name for rule in rules for name in tested_attributes(rule.condition)} - KNOWN_NAMES - known
+    every_lead = True
+    if wanted and config.store.exists():
+        stored, every_lead = asyncio.run(stored_attribute_names(config, wanted))
+        known |= stored
+    return unknown_attribute_notes(rules, known, every_lead=every_lead)
+
+
+async def stored_attribute_names(config: Config, wanted: Collection[str]) -> tuple[set[str], bool]:
+    """The attribute names stored leads have, read until all of `wanted` are seen or MAX_SCANNED
+    leads are read, and whether every lead was read (or every wanted name found)."""
+    seen: set[str] = set()
+    read, after = 0, 0
+    async with open_store(config) as store:
+        while not set(wanted) <= seen:
+            page = await store.leads_by_stage(None, limit=1000, after_id=after)
+            if not page:
+                break
+            if read >= MAX_SCANNED:
+                return seen, False  # more leads than were read
+            seen.update(name for lead in page for name in lead.attributes)
+            read, after = read + len(page), page[-1].id or 0
+    return seen, True
+
+
 def _load(config: Config, path: Path | None) -> tuple[list[Scenario], list[UserError]]:
     where = path or config.scenarios
     if where.is_file() and where.name in NOT_SCENARIOS and where.name != LISTS_FILE:
@@ -105,24 +202,25 @@ def _load(config: Config, path: Path | None) -> tuple[list[Scenario], list[UserE
     return scenarios, list(errors)
 
 
-def check_scoring(config: Config, path: Path | None) -> tuple[list[UserError], str | None]:
-    """The scoring rules beside the scenarios (or the scoring.yaml named), and a note of what they hold."""
+def check_scoring(config: Config, path: Path | None) -> tuple[ScoringConfig | None, list[UserError], str | None]:
+    """The scoring rules beside the scenarios (or the scoring.yaml named), the problem with them or
+    a note of what they hold; no rules when the path names another file or the rules are broken."""
     from mailer.scoringengine import SCORING_FILE, scoring_file
     from mailer.scoringrules import load_scoring
 
     if path is not None and path.is_file():
         if path.name not in (SCORING_FILE, "scoring.yml"):
-            return [], None
+            return None, [], None
         target = path
     else:
         target = scoring_file(path or config.scenarios).path
     try:
         rules = load_scoring(target)
     except UserError as error:
-        return [error], None
+        return None, [error], None
     if rules.file is None:
-        return [], f"note: no {target.name}: no lead is scored or graded"
-    return [], f"{target.name}: {len(rules.rules)} scoring rules, {len(rules.grading)} grading rules"
+        return rules, [], f"note: no {target.name}: no lead is scored or graded"
+    return rules, [], f"{target.name}: {len(rules.rules)} scoring rules, {len(rules.grading)} grading rules"
 
 
 def _check_step(renderer: Renderer, composer: Composer, scenario: Scenario, step: Step, leads: list[Lead]) -> UserError | None:

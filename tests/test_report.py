@@ -10,7 +10,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from mailer.csvexport import formula_safe, write_csv
-from mailer.report import TOTAL_STEP, build_report, format_csv, format_json, format_table, _width
+from mailer.report import TOTAL_STEP, build_report, format_csv, format_json, format_table
+from mailer.tables import display_width
 from mailer.store import StepFigures
 
 WELCOME = StepFigures(
@@ -58,7 +59,7 @@ def test_the_table_is_aligned_even_with_japanese_names_and_has_a_bilingual_legen
     rows = build_report([StepFigures(scenario="新規リード育成", step_id="welcome", sent=5, delivered=5, opens=2)])
     text = format_table(rows)
     table = text.split("\n\n")[0].splitlines()
-    numbers_end = {_width(line) for line in table}
+    numbers_end = {display_width(line) for line in table}
     assert len(numbers_end) == 1, table
     assert "40.0%" in table[1]
     for word in ("送信数", "到達数", "開封率", "ソフトバウンス", "ハードバウンス"):
