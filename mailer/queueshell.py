@@ -36,6 +36,7 @@ from mailer.errors import UserError
 from mailer.lifecycle import MessageState
 from mailer.reply import SMTPReply
 from mailer.store import LastOutcome, QueuedMessage, QueueGroup, open_store
+from mailer.tables import aligned
 from mailer.wording import counted
 
 S = MessageState
@@ -205,23 +206,13 @@ def render_shape(domains: Sequence[DomainShape], now: datetime, *, top: int = TO
             domain.domain, *(f"{domain.counts[state]:,}" for state in WAITING),
             next_try(domain.next_attempt_at, now) if domain.next_attempt_at else "sending", domain.reason(),
         ))
-    lines = [head, *_table(rows, numeric={1, 2, 3})]
+    lines = [head, *aligned(rows, right={1, 2, 3})]
     rest = domains[top:]
     if rest:
         lines.append(f"… {_counted(len(rest), 'more domain')} ({_counted(sum(d.total for d in rest), 'message')})")
     if finished:
         lines.append(f"and {_counted(finished, 'message')} failed or expired: `mailer queue list`")
     return "\n".join(lines)
-
-
-def _table(rows: Sequence[Sequence[str]], *, numeric: set[int]) -> list[str]:
-    """Rows as aligned columns (numbers to the right); the last column is left ragged."""
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
-    lines = []
-    for row in rows:
-        cells = [cell.rjust(widths[i]) if i in numeric else cell.ljust(widths[i]) for i, cell in enumerate(row[:-1])]
-        lines.append("  ".join([*cells, row[-1]]).rstrip())
-    return lines
 
 
 # -- one line per message -------------------------------------------------------------------
@@ -298,7 +289,7 @@ def render_messages(messages: Sequence[QueuedMessage], now: datetime) -> list[st
             str(m.id), m.email, f"{m.scenario}/{m.step_id}", m.state.value, str(m.attempts), upcoming,
             span(now - m.created_at), why(m.last_reply, m.last_outcome) or "–",
         ))
-    return _table(rows, numeric={0, 4})
+    return aligned(rows, right={0, 4})
 
 
 def _scope(domain: str | None, scenario: str | None) -> str:

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from mailer.errors import UserError
 from mailer.store import open_store
+from mailer.tables import aligned
 
 if TYPE_CHECKING:
     from mailer.config import Config
@@ -151,8 +152,6 @@ def _accounts(args: argparse.Namespace) -> int:
     if not accounts:
         print("no MQA accounts" if args.stage else "no accounts yet (they appear once their leads are scored)")
         return 0
-    width = max(len(name) for name, _, _ in accounts + [("account", 0, "")])
-    print(f"{'account':<{width}}  {'score':>6}  stage")
-    for name, score, stage in accounts:
-        print(f"{name:<{width}}  {score:>6}  {stage or '–'}")
+    rows = [("account", "score", "stage")] + [(name, str(score), stage or "–") for name, score, stage in accounts]
+    print("\n".join(aligned(rows, right={1})))
     return 0
