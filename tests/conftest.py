@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import sqlite3
-from collections.abc import AsyncIterator, Iterator
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
 from hypothesis import HealthCheck, settings
 
 from mailer.config import Config, parse_config
@@ -166,3 +170,38 @@ def held_port() -> Iterator[int]:
         holder.bind(("127.0.0.1", 0))
         holder.listen()
         yield holder.getsockname()[1]
+
+
+@contextmanager
+def http_hook(answer: Callable[[int], web.Response]) -> Iterator[tuple[str, list[bytes]]]:
+    """A real HTTP receiver on loopback, in a thread of its own (the commands under test run
+    their own event loops): POST /hook keeps each body and answers `answer(n)` to the nth."""
+    bodies: list[bytes] = []
+    ready = threading.Event()
+    state: dict[str, Any] = {}
+
+    async def hook(request: web.Request) -> web.Response:
+        bodies.append(await request.read())
+        return answer(len(bodies))
+
+    async def serve() -> None:
+        app = web.Application()
+        app.router.add_post("/hook", hook)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        state["port"], state["stop"] = runner.addresses[0][1], asyncio.Event()
+        ready.set()
+        await state["stop"].wait()
+        await runner.cleanup()
+
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_until_complete, args=(serve(),), daemon=True)
+    thread.start()
+    assert ready.wait(10)
+    try:
+        yield f"http://127.0.0.1:{state['port']}/hook", bodies
+    finally:
+        loop.call_soon_threadsafe(state["stop"].set)
+        thread.join(10)
+        loop.close()

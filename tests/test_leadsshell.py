@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import threading
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -15,7 +14,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from conftest import write_workspace
+from conftest import http_hook, write_workspace
 from mailer.apikeys import key_hash
 from mailer.cli import main
 from mailer.clock import FakeClock
@@ -317,35 +316,8 @@ def test_api_key_add_list_revoke(workspace: Path, capsys: pytest.CaptureFixture[
 @pytest.fixture
 def receiver() -> Iterator[tuple[str, list[bytes]]]:
     """A real HTTP receiver on loopback that answers 503 twice, then 204; it keeps every body."""
-    bodies: list[bytes] = []
-    ready = threading.Event()
-    state: dict[str, Any] = {}
-
-    async def hook(request: web.Request) -> web.Response:
-        bodies.append(await request.read())
-        return web.Response(status=503, text="busy") if len(bodies) <= 2 else web.Response(status=204)
-
-    async def serve() -> None:
-        app = web.Application()
-        app.router.add_post("/hook", hook)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        state["port"] = runner.addresses[0][1]
-        state["stop"] = asyncio.Event()
-        ready.set()
-        await state["stop"].wait()
-        await runner.cleanup()
-
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_until_complete, args=(serve(),), daemon=True)
-    thread.start()
-    assert ready.wait(10)
-    yield f"http://127.0.0.1:{state['port']}/hook", bodies
-    loop.call_soon_threadsafe(state["stop"].set)
-    thread.join(10)
-    loop.close()
+    with http_hook(lambda n: web.Response(status=503, text="busy") if n <= 2 else web.Response(status=204)) as hook:
+        yield hook
 
 
 def test_webhooks_log_lists_attempts(

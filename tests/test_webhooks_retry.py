@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
 
 import pytest
 from aiohttp import web
 
+from conftest import http_hook
 from mailer.clock import FakeClock
 from mailer.config import load_config
 from mailer.sqlitestore import SQLiteStore
@@ -23,34 +22,9 @@ from test_leadsshell import ALICE, CONFIG, make_workspace, run
 @pytest.fixture
 def mended() -> Iterator[tuple[str, list[bytes], dict[str, bool]]]:
     """A real HTTP receiver on loopback that answers 500 until `mended["ok"]` is set, then 204."""
-    bodies: list[bytes] = []
     switch = {"ok": False}
-    ready = threading.Event()
-    state: dict[str, Any] = {}
-
-    async def hook(request: web.Request) -> web.Response:
-        bodies.append(await request.read())
-        return web.Response(status=204) if switch["ok"] else web.Response(status=500, text="broken")
-
-    async def serve() -> None:
-        app = web.Application()
-        app.router.add_post("/hook", hook)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", 0).start()
-        state["port"], state["stop"] = runner.addresses[0][1], asyncio.Event()
-        ready.set()
-        await state["stop"].wait()
-        await runner.cleanup()
-
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_until_complete, args=(serve(),), daemon=True)
-    thread.start()
-    assert ready.wait(10)
-    yield f"http://127.0.0.1:{state['port']}/hook", bodies, switch
-    loop.call_soon_threadsafe(state["stop"].set)
-    thread.join(10)
-    loop.close()
+    with http_hook(lambda _: web.Response(status=204) if switch["ok"] else web.Response(status=500, text="broken")) as (url, bodies):
+        yield url, bodies, switch
 
 
 def test_given_up_deliveries_go_again_after_retry(
