@@ -36,12 +36,19 @@ def messages_in(path: Path) -> Iterator[tuple[str, bytes]]:
     elif path.is_dir():
         for item in sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".")):
             yield str(item), item.read_bytes()
-    elif path.read_bytes()[:5] == b"From ":
+    elif _starts_an_mbox(path):
         mbox = mailbox.mbox(str(path), create=False)
         for index, key in enumerate(mbox.keys()):
             yield f"{path}#{index + 1}", mbox.get_bytes(key)
     else:
         yield str(path), path.read_bytes()
+
+
+def _starts_an_mbox(path: Path) -> bool:
+    """Whether the file's first line is an mbox "From " line; blank lines before it (an mbox
+    joined by hand) are allowed, as Python's mailbox.mbox skips them too."""
+    with path.open("rb") as file:
+        return file.read(64 * 1024).lstrip()[:5] == b"From "
 
 
 async def ingest(config: Config, path: Path) -> IntakeReport:

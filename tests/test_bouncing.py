@@ -242,3 +242,15 @@ async def test_the_listener_accepts_real_world_long_lines(bouncing: Bouncing) ->
     await bouncing.bounce(long, to=bouncing.sent_to("lead007@example.com").mail_from)
     [record] = await bouncing.store.bounces(email="lead007@example.com")
     assert record.reason == "mailboxfull" and record.action == "retry"
+
+
+def test_an_mbox_with_blank_lines_before_its_first_message_is_read_message_by_message(tmp_path: Path) -> None:
+    """Blank lines before the first "From " line still make the file an mbox: each message is read apart, not the file as one."""
+    from mailer.ingest import messages_in
+
+    one = b"From MAILER-DAEMON Mon Jan  5 08:00:00 2026\nSubject: one\n\nfirst\n\n"
+    two = b"From MAILER-DAEMON Mon Jan  5 09:00:00 2026\nSubject: two\n\nsecond\n"
+    (tmp_path / "joined.mbox").write_bytes(b"\n\n" + one + two)
+    read = list(messages_in(tmp_path / "joined.mbox"))
+    assert [name.rsplit("#", 1)[1] for name, _ in read] == ["1", "2"]
+    assert b"Subject: one" in read[0][1] and b"Subject: two" in read[1][1]
