@@ -169,7 +169,7 @@ async def import_file(config: Config, *, path: Path, list_name: str | None, reas
         print(f"{path}: note: {counted(len(plan.undated), 'row')} (line {lines}) dated now: its created_at is not "
               "an ISO 8601 time with a zone, as `mailer suppress export` writes it", file=sys.stderr)
     if "list" in plan.columns:
-        await _note_unknown_lists(config, path, plan.suppressions)
+        await _refuse_unknown_lists(config, path, plan.suppressions)
     async with open_store(config) as store:
         added = await store.add_suppressions_by_scope(plan.suppressions, now=_now())
     new = sum(added.values())
@@ -203,19 +203,25 @@ def _by_count(counts: Counter[str], form: str) -> str:
     return ", ".join(form.format(count=count, key=key) for key, count in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
-async def _note_unknown_lists(config: Config, path: Path, suppressions: Sequence[Suppression]) -> None:
-    """Warn of the file's lists nobody here knows; kept anyway, as they were real where exported."""
+async def _refuse_unknown_lists(config: Config, path: Path, suppressions: Sequence[Suppression]) -> None:
+    """Refuse a file naming lists nobody here knows, before anything is written: a suppression
+    for a list that does not exist here stops nothing (the daemon matches list names exactly),
+    and another system's "List" column (a CRM's) is not ours to read as scopes."""
     named = Counter(s.list_name for s in suppressions if s.list_name)
-    if not named:
-        return
     known = await known_lists(config)
-    for name, count in sorted(named.items()):
-        if name not in known:
-            close = closest(name, known)
-            guess = f"; did you mean {close!r}?" if close else ""
-            print(f"{path}: note: list {name!r} ({counted(count, 'row')}) is not known here (no [lists.{name}] in "
-                  f"mailer.toml, nobody on it, no scenario enters from it): suppressed for it anyway{guess}",
-                  file=sys.stderr)
+    unknown = sorted(name for name in named if name not in known)
+    if not unknown:
+        return
+    said = ", ".join(
+        f"{name!r} ({counted(named[name], 'row')}" + (f"; did you mean {close!r}?" if (close := closest(name, known)) else "") + ")"
+        for name in unknown[:5]
+    ) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
+    raise UserError(
+        f"the column 'list' names lists nobody here knows: {said}; nothing was imported",
+        file=str(path),
+        hint="declare them as [lists.NAME] in mailer.toml (or import their leads first), empty those cells to "
+             "suppress for every list, or remove the column and pass --list",
+    )
 
 
 async def export(config: Config, *, out: Path | None) -> int:

@@ -183,7 +183,7 @@ def test_export_to_stdout(workspace: Path) -> None:
 def test_export_imports_into_a_fresh_store_with_each_rows_list_reason_and_date(
     workspace: Path, tmp_path_factory: pytest.TempPathFactory, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """An export imported into another workspace keeps every row's list, reason, detail and date: exporting again gives the same file."""
+    """An export imported into another workspace keeps every row's list, reason, detail and date (once its lists exist there): exporting again gives the same file."""
     run(capsys, "suppress", "add", "a@example.com", "b@example.com", "--reason", "hard-bounce", "--note", "550 5.1.1")
     run(capsys, "suppress", "add", "c@example.com", "d@example.com")
     run(capsys, "suppress", "add", "e@example.com", "a@example.com", "--list", "news", "--reason", "unsubscribe")
@@ -193,13 +193,16 @@ def test_export_imports_into_a_fresh_store_with_each_rows_list_reason_and_date(
     write_workspace(elsewhere)
     (elsewhere / "mailer.toml").write_text('[identities.default]\nfrom = "Acme <news@acme.example>"\n')
     monkeypatch.chdir(elsewhere)
+    code, out, err = run(capsys, "suppress", "import", str(exported))  # 'news' is not a list here yet
+    assert code == 2 and out == "" and not (elsewhere / "mailer.db").exists(), "refused before anything is written"
+    assert "the column 'list' names lists nobody here knows: 'news' (2 rows); nothing was imported" in err
+    (elsewhere / "mailer.toml").write_text('[identities.default]\nfrom = "Acme <news@acme.example>"\n\n[lists.news]\n')
     code, out, err = run(capsys, "suppress", "import", str(exported))
-    assert code == 0
+    assert code == 0, err
     assert out == (
         f"{exported}: 6 rows: 6 addresses suppressed: 4 for every list, 2 for news (2 hard-bounce, 2 manual, 2 unsubscribe), "
         "0 already suppressed, 0 rejected\n"
     )
-    assert "list 'news' (2 rows) is not known here" in err, "a list this workspace does not know is named, and kept"
     assert suppressions(elsewhere) == suppressions(workspace)
     again = elsewhere / "again.csv"
     run(capsys, "suppress", "export", "--out", str(again))
@@ -362,3 +365,14 @@ def test_report_and_json_are_mutually_exclusive(workspace: Path) -> None:
     """--json and --csv together are refused with exit code 2."""
     result = subprocess.run([sys.executable, "-m", "mailer", "report", "--json", "--csv"], cwd=workspace, capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and "not allowed with" in result.stderr
+
+
+def test_another_systems_list_column_is_refused_not_read_as_our_scopes(workspace: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A CRM export headed Email,List naming lists unknown here is refused whole, so nobody is suppressed only for a list that stops nothing."""
+    source = workspace / "crm.csv"
+    source.write_text("Email,List\nann@example.com,Newsletter\nbob@example.com,News\n")
+    code, out, err = run(capsys, "suppress", "import", str(source))
+    assert code == 2 and out == ""
+    line = one_error_line(err)
+    assert "'News' (1 row; did you mean 'news'?), 'Newsletter' (1 row" in line and "nothing was imported" in line
+    assert not (workspace / "mailer.db").exists(), "refused before anything is written"
