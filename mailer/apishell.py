@@ -13,6 +13,8 @@ import re
 from datetime import datetime, timezone
 from typing import Any
 
+from mailer.argtypes import positive
+from mailer.daemons import any_alive
 from mailer.errors import UserError
 from mailer.scoremodel import WebhookDelivery
 from mailer.store import open_store
@@ -41,12 +43,12 @@ def add_commands(commands: Any) -> None:
     webhook_commands = webhooks.add_subparsers(dest="webhooks_command", metavar="ACTION", required=True)
     log = webhook_commands.add_parser("log", help="the latest deliveries, newest first, with every attempt")
     log.add_argument("--webhook", default=None, metavar="NAME", help="only this [webhooks.NAME]")
-    log.add_argument("--limit", type=int, default=50)
+    log.add_argument("--limit", type=positive, default=50)
     log.set_defaults(run=_webhooks_log)
     retry = webhook_commands.add_parser(
         "retry", help="send given-up deliveries again, from a new series of tries (after the receiver is mended)",
     )
-    retry.add_argument("ids", nargs="*", type=int, metavar="ID", help="these deliveries (#ID in the log); default every given-up one")
+    retry.add_argument("ids", nargs="*", type=positive, metavar="ID", help="these deliveries (#ID in the log); default every given-up one")
     retry.add_argument("--webhook", default=None, metavar="NAME", help="only this [webhooks.NAME]")
     retry.set_defaults(run=_webhooks_retry)
 
@@ -128,16 +130,17 @@ def _webhooks_retry(args: argparse.Namespace) -> int:
         known = ", ".join(sorted(config.webhooks)) or "none configured"
         raise UserError(f"no webhook named {args.webhook!r}", field="--webhook", hint=f"[webhooks.NAME] in mailer.toml: {known}")
 
-    async def run() -> int:
+    async def run() -> tuple[int, bool]:
         async with open_store(config) as store:
-            return await store.requeue_deliveries(now=now_utc(), webhook=args.webhook, ids=args.ids)
+            count = await store.requeue_deliveries(now=now_utc(), webhook=args.webhook, ids=args.ids)
+            return count, any_alive(await store.daemons())
 
-    count = asyncio.run(run())
+    count, serving = asyncio.run(run())
     if not count:
         print("no given-up delivery to send again" + (" among those ids" if args.ids else "") + "; `mailer webhooks log` lists them")
         return 0
-    print(f"{counted(count, 'delivery', 'deliveries')} pending again, due now: a running `mailer serve` sends "
-          "them with a new series of tries")
+    who = "the running `mailer serve` sends" if serving else "no `mailer serve` is running: the next one sends"
+    print(f"{counted(count, 'delivery', 'deliveries')} pending again, due now; {who} them with a new series of tries")
     return 0
 
 

@@ -39,13 +39,14 @@ def evidence_key(raw: bytes, recipient: str) -> str:
 def recipients_for(
     recipients: Sequence[BouncedRecipient], email: str
 ) -> tuple[tuple[BouncedRecipient, ...], tuple[BouncedRecipient, ...]]:
-    """(the blocks about our message's recipient `email`, the blocks to keep as evidence only).
+    """(the blocks about our message's recipient `email`, the blocks stored as rows of evidence only).
 
     A report for several recipients (RFC 3464 2.3: one group per recipient) may name
     addresses that are not ours (another sender's copy, a list's members): only the blocks
     whose Final- or Original-Recipient is our recipient apply. When none names it, a single
     block is taken as ours (MTAs rewrite the recipient: an alias, a forward); among several,
-    none can be told apart, so all are evidence only.
+    none can be told apart, so all are stored as evidence only. Beside a block of ours the
+    others are not stored apart: our bounce's evidence (the raw message) holds them.
     """
     ours = tuple(r for r in recipients if r.names(email))
     if ours:

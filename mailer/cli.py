@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from mailer import apishell, leadsshell, queueshell, scoresshell
+from mailer.argtypes import positive
 from mailer.clock import AcceleratedClock, Clock, SystemClock
 from mailer.config import CONFIG_NAME, STARTER_CONFIG, Config, load_config
 from mailer.consent import REASONS
@@ -27,6 +28,7 @@ from mailer.store import BounceRecord
 from mailer.wording import counted
 
 EXIT_USER_ERROR = 2
+MAX_ROW_ID_DIGITS = 18  # a row id fits SQLite's signed 64-bit INTEGER; a longer number is no row
 # What a shell reports for a command ended by SIGPIPE (128 + 13), as for `yes | head`.
 EXIT_BROKEN_PIPE = 128 + 13
 
@@ -153,10 +155,10 @@ def _parser() -> argparse.ArgumentParser:
     ingest_.set_defaults(run=_bounces_ingest)
     list_ = bounce_commands.add_parser("list", help="the latest bounces and what was done")
     list_.add_argument("--email", default=None)
-    list_.add_argument("--limit", type=int, default=50)
+    list_.add_argument("--limit", type=positive, default=50)
     list_.set_defaults(run=_bounces_list)
     show = bounce_commands.add_parser("show", help="one bounce with its evidence")
-    show.add_argument("id", type=int)
+    show.add_argument("id", type=positive)
     show.set_defaults(run=_bounces_show)
     undo = bounce_commands.add_parser("undo", help="reverse a bounce's suppression (a false positive)")
     undo.add_argument("target", help="a bounce id, or an address to lift every bounce suppression of")
@@ -183,7 +185,7 @@ def _parser() -> argparse.ArgumentParser:
     s_list.add_argument("--reason", choices=REASONS, default=None)
     s_list.add_argument("--list", dest="list_name", default=None, help="only this list ('' for global ones)")
     s_list.add_argument("--email", default=None, metavar="EMAIL", help="only this address's suppressions")
-    s_list.add_argument("--limit", type=int, default=50, help="show at most N (default 50)")
+    s_list.add_argument("--limit", type=positive, default=50, help="show at most N (default 50)")
     s_list.set_defaults(run=_suppress_list)
     s_import = suppress_commands.add_parser(
         "import", help="suppress the addresses of a CSV (column email; list, reason, detail, created_at kept per row)"
@@ -482,10 +484,13 @@ def _bounces_undo(args: argparse.Namespace) -> int:
 
     config = load(args, required=True)
 
-    async def run() -> list[tuple[BounceRecord, BounceRecord | None]]:
-        """(each bounce as it was, as it is after the undo or None when it was undone already)."""
+    async def run() -> tuple[list[tuple[BounceRecord, BounceRecord | None]], dict[str, list[tuple[str, str, str]]]]:
+        """(each bounce as it was, as it is after the undo or None when it was undone already),
+        and each address's suppressions afterwards."""
         async with open_store(config) as store:
             if args.target.isdigit():
+                if len(args.target) > MAX_ROW_ID_DIGITS:
+                    raise UserError(f"no bounce #{args.target}", field="target", hint="see `mailer bounces list`")
                 found = await store.bounce(int(args.target))
                 if found is None:
                     raise UserError(f"no bounce #{args.target}", field="target", hint="see `mailer bounces list`")
@@ -504,14 +509,19 @@ def _bounces_undo(args: argparse.Namespace) -> int:
                 assert bounce.id is not None
                 after = None if bounce.undone_at else await store.undo_bounce(bounce.id, now=now_utc())
                 done.append((bounce, after))
-            return done
+            return done, {email: await store.suppressions_of(email) for email in {b.email for b, _ in done}}
 
-    for before, after in asyncio.run(run()):
+    done, left = asyncio.run(run())
+    for before, after in done:
         if after is None:
             assert before.undone_at is not None
             print(f"already undone on {before.undone_at:%Y-%m-%d %H:%M}: {_bounce_line(before)}")
         elif before.suppression:
-            print(f"undone: {_bounce_line(after)}; lifted its {before.suppression} suppression of {before.email}")
+            still = [reason for list_name, reason, _ in left[before.email] if not list_name]
+            outcome = (f"{before.email} stays suppressed for every list ({still[0]}): another bounce or suppression "
+                       f"says so too (`mailer suppress list --email {before.email}`)") if still else (
+                       f"lifted its {before.suppression} suppression of {before.email}")
+            print(f"undone: {_bounce_line(after)}; {outcome}")
         else:
             print(f"undone: {_bounce_line(after)}; it suppressed nobody")
     return 0
@@ -617,7 +627,7 @@ def _check_domain(args: argparse.Namespace) -> int:
         Path(second_file) if second_file and second_selector == config.dkim.selector_for("ed25519") else None
     )
     resolver = make_resolver(args.nameserver)
-    asyncio.run(require_answers(resolver, args.nameserver))
+    asyncio.run(require_answers(resolver, args.nameserver, args.domain))
     report = asyncio.run(
         check_domain(
             args.domain,

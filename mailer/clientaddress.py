@@ -46,11 +46,11 @@ def trusted_network(entry: str) -> Network:
         network = ipaddress.ip_network(text)
     except ValueError as error:
         raise ValueError(_problem(text, error)) from None
-    if network.prefixlen == 0:
-        raise ValueError(f"{text!r} is every address: any visitor could then choose the address recorded")
     mapped = network.network_address.ipv4_mapped if isinstance(network, ipaddress.IPv6Network) else None
     if mapped is not None and network.prefixlen >= _MAPPED_PREFIX:
-        return ipaddress.IPv4Network(f"{mapped}/{network.prefixlen - _MAPPED_PREFIX}")
+        network = ipaddress.IPv4Network(f"{mapped}/{network.prefixlen - _MAPPED_PREFIX}")
+    if network.prefixlen == 0:  # after the mapping: ::ffff:0:0/96 is every IPv4 address
+        raise ValueError(f"{text!r} is every address: any visitor could then choose the address recorded")
     return network
 
 

@@ -91,7 +91,7 @@ SLOW_ATTEMPT_SECONDS = 0.2
 FINAL_FLUSH_ATTEMPTS = 10
 # The phases before a transaction: a failure there is the server's (or our setup's), the same
 # for every message (MAIL is not here: a refused sender may be one identity's)
-RELAY_SESSION = frozenset({"CONNECT", "EHLO", "STARTTLS", "AUTH"})
+RELAY_SESSION = SESSION_COMMANDS - {"MAIL"}
 BUILD_RETRY = timedelta(seconds=30)  # a message whose build process died comes back after this
 TEMPLATE_ERROR_LOG_EVERY = timedelta(minutes=15)  # one log line per broken template (or refused session) and this long
 BUILDS_IN_FLIGHT = 4 * BATCH  # extra workers per build process: jobs queued for it while it builds

@@ -116,6 +116,13 @@ def real_now() -> datetime:
     return datetime.now(timezone.utc)
 
 
+def any_alive(records: Iterable[DaemonRecord]) -> bool:
+    """Whether a registered daemon is alive, judged as daemons judge each other: for the
+    commands that tell the operator whether a running `mailer serve` will act on their change."""
+    here = Here(pid=os.getpid(), pid_scope=pid_scope())
+    return any(not is_dead(r, now=real_now(), here=here, pid_exists=pid_exists) for r in records)
+
+
 class Presence:
     """This daemon in the `daemons` table: registered at start, heartbeating, removed at stop.
 

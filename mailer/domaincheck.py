@@ -416,19 +416,28 @@ def make_resolver(nameserver: str | None, *, timeout: float = 5.0) -> dns.asyncr
 SILENCE_SECONDS = 2.0
 
 
-async def require_answers(resolver: dns.asyncresolver.Resolver, nameserver: str | None) -> None:
+async def require_answers(resolver: dns.asyncresolver.Resolver, nameserver: str | None, domain: str) -> None:
     """A UserError when the DNS server does not answer at all: every check would then end,
-    after its timeout, as a temporary error, and the report would say nothing true."""
-    try:
-        await resolver.resolve(".", "NS", search=False, lifetime=SILENCE_SECONDS)
-    except (dns.exception.Timeout, OSError) as error:
-        asked = f"the DNS server {nameserver}" if nameserver else "this machine's DNS resolver"
-        raise UserError(
-            f"{asked} did not answer in {SILENCE_SECONDS:g} s ({type(error).__name__}): nothing was checked",
-            field="--nameserver", hint="check that it runs and is reachable, or name another with --nameserver",
-        ) from None
-    except dns.exception.DNSException:
-        pass  # an answer, even a refusal: the server is there, and each check reads its own
+    after its timeout, as a temporary error, and the report would say nothing true.
+
+    The root's NS first (any resolver answers it), then the domain's SOA: an authoritative-only
+    server may drop questions outside its zones (tinydns does) and still serve the domain.
+    """
+    failure: BaseException | None = None
+    for name, rdtype in ((".", "NS"), (domain, "SOA")):
+        try:
+            await resolver.resolve(name, rdtype, search=False, lifetime=SILENCE_SECONDS)
+            return
+        except (dns.exception.Timeout, OSError) as error:
+            failure = error
+        except dns.exception.DNSException:
+            return  # an answer, even a refusal: the server is there, and each check reads its own
+    asked = f"the DNS server {nameserver}" if nameserver else "this machine's DNS resolver"
+    raise UserError(
+        f"{asked} did not answer in {SILENCE_SECONDS:g} s ({type(failure).__name__}): nothing was checked",
+        field="--nameserver" if nameserver else None,
+        hint="check that it runs and is reachable, or name another with --nameserver",
+    )
 
 
 def _host_port(value: str) -> tuple[str, int]:

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from email_validator import EmailNotValidError
 
+from mailer.argtypes import positive
 from mailer.config import Config
 from mailer.csvimport import normalize_email
 from mailer.errors import UserError
@@ -50,7 +51,7 @@ def add_lead_commands(lead_commands: Any) -> None:
     stage.set_defaults(run=_stage)
     list_ = lead_commands.add_parser("list", help="leads, all or at one stage, with score and grade")
     list_.add_argument("--stage", default=None, metavar="STAGE", help="only this stage (" + ", ".join(STAGES) + ")")
-    list_.add_argument("--limit", type=int, default=100)
+    list_.add_argument("--limit", type=positive, default=100)
     list_.add_argument("--json", action="store_true", help="as JSON")
     list_.set_defaults(run=_list)
 

@@ -23,14 +23,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from mailer.daemons import DaemonRecord, Here, is_dead, pid_exists, pid_scope, real_now
+from mailer.argtypes import positive
+from mailer.daemons import any_alive
 from mailer.durations import format_duration
 from mailer.errors import UserError
 from mailer.lifecycle import MessageState
@@ -68,7 +68,7 @@ def add_commands(commands: Any) -> None:
     )
     list_.add_argument("--domain", default=None, help="only recipients at this domain")
     list_.add_argument("--scenario", default=None, metavar="NAME", help="only this scenario's messages")
-    list_.add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
+    list_.add_argument("--limit", type=positive, default=50, help="at most this many (default 50)")
     list_.add_argument("--json", action="store_true", help="one JSON object per line (times in ISO 8601, UTC)")
     list_.set_defaults(run=_list)
     retry = actions.add_parser(
@@ -136,11 +136,6 @@ def next_try(at: datetime | None, now: datetime) -> str:
     return "due" if late < timedelta(minutes=1) else f"due {span(late)} ago"
 
 
-def _counted(number: int, noun: str) -> str:
-    """`mailer.wording.counted` with thousands separated: a queue may hold 120,055 messages."""
-    return f"{number:,}" + counted(number, noun)[len(str(number)):]
-
-
 # -- the summary ----------------------------------------------------------------------------
 
 
@@ -190,14 +185,14 @@ def render_shape(domains: Sequence[DomainShape], now: datetime, *, top: int = TO
     if not domains:
         line = "nothing is waiting: no message is queued, deferred or being sent"
         if finished:
-            line += f" ({_counted(finished, 'message')} failed or expired: `mailer queue list`)"
+            line += f" ({counted(finished, 'message')} failed or expired: `mailer queue list`)"
         return line
     totals: Counter[MessageState] = Counter()
     for domain in domains:
         totals.update(domain.counts)
     soonest = min((d.next_attempt_at for d in domains if d.next_attempt_at is not None), default=None)
     by_state = ", ".join(f"{totals[state]:,} {state}" for state in WAITING if totals[state])
-    head = f"{_counted(sum(totals.values()), 'message')} waiting for {_counted(len(domains), 'domain')}: {by_state}"
+    head = f"{counted(sum(totals.values()), 'message')} waiting for {counted(len(domains), 'domain')}: {by_state}"
     if soonest is not None:
         head += f"; next try {next_try(soonest, now)}"
     rows: list[tuple[str, ...]] = [("domain", "queued", "deferred", "sending", "next try", "most common reason")]
@@ -209,9 +204,9 @@ def render_shape(domains: Sequence[DomainShape], now: datetime, *, top: int = TO
     lines = [head, *aligned(rows, right={1, 2, 3})]
     rest = domains[top:]
     if rest:
-        lines.append(f"… {_counted(len(rest), 'more domain')} ({_counted(sum(d.total for d in rest), 'message')})")
+        lines.append(f"… {counted(len(rest), 'more domain')} ({counted(sum(d.total for d in rest), 'message')})")
     if finished:
-        lines.append(f"and {_counted(finished, 'message')} failed or expired: `mailer queue list`")
+        lines.append(f"and {counted(finished, 'message')} failed or expired: `mailer queue list`")
     return "\n".join(lines)
 
 
@@ -357,7 +352,7 @@ def _retry(args: argparse.Namespace) -> int:
     async def run() -> tuple[int, bool]:
         async with open_store(config) as store:
             made_due = await store.retry_deferred(now=now, domain=domain, scenario=args.scenario)
-            return made_due, _a_daemon_runs(await store.daemons())
+            return made_due, any_alive(await store.daemons())
 
     made_due, serving = asyncio.run(run())
     scope = _scope(domain, args.scenario)
@@ -365,7 +360,7 @@ def _retry(args: argparse.Namespace) -> int:
         print(f"no deferred messages{scope}: nothing to retry")
         return 0
     them = "it" if made_due == 1 else "them"
-    line = f"{_counted(made_due, 'deferred message')}{scope} {'is' if made_due == 1 else 'are'} due now; "
+    line = f"{counted(made_due, 'deferred message')}{scope} {'is' if made_due == 1 else 'are'} due now; "
     if serving:
         # An idle daemon sleeps until its poll interval ends or something it knew of falls due
         # (mailer.daemon's _idle), so a retry written meanwhile waits for that poll at most.
@@ -379,9 +374,3 @@ def _retry(args: argparse.Namespace) -> int:
         line += f"no `mailer serve` is running: {'it goes' if made_due == 1 else 'they go'} out when one starts"
     print(line)
     return 0
-
-
-def _a_daemon_runs(records: Sequence[DaemonRecord]) -> bool:
-    """Whether a registered daemon is alive, judged as daemons judge each other (mailer.daemons)."""
-    here = Here(pid=os.getpid(), pid_scope=pid_scope())
-    return any(not is_dead(r, now=real_now(), here=here, pid_exists=pid_exists) for r in records)

@@ -21,8 +21,10 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from mailer.argtypes import positive
 from mailer.errors import UserError
 from mailer.store import open_store
+from mailer.wording import counted
 from mailer.tables import aligned
 
 if TYPE_CHECKING:
@@ -42,29 +44,25 @@ def add_commands(commands: Any) -> None:
     rebuild.set_defaults(run=_rebuild)
     accounts = commands.add_parser("accounts", help="accounts and their rolled-up scores (MQA)")
     accounts.add_argument("--stage", default=None, choices=["MQA"], type=str.upper, help="only marketing-qualified accounts")
-    accounts.add_argument("--limit", type=int, default=100)
+    accounts.add_argument("--limit", type=positive, default=100)
     accounts.set_defaults(run=_accounts)
-
-
-def _count(number: int, one: str, many: str | None = None) -> str:
-    return f"{number} {one if number == 1 else many or one + 's'}"
 
 
 def summary(totals: EngineTotals, seconds: float) -> str:
     """One line a marketer reads after changing the rules: how much moved, and how fast."""
     extras = [
-        _count(count, one, many)
+        counted(count, one, many)
         for count, one, many in (
             (totals.enrolled, "scenario entry by trigger", "scenario entries by trigger"),
-            (totals.account_moves, "account stage change", None),
-            (totals.deliveries, "webhook call", None),
+            (totals.account_moves, "account stage change", ""),
+            (totals.deliveries, "webhook call", ""),
         )
         if count
     ]
     rate = f", {totals.events / seconds:,.0f} events/s" if seconds >= 1 else ""  # a rate over less is noise
     return (
-        f"re-scored {_count(totals.leads, 'lead')} ({_count(totals.events, 'event')}) in {seconds:.1f} s{rate}: "
-        f"{totals.changed} changed, {_count(totals.stage_moves, 'stage move')}" + "".join(f", {extra}" for extra in extras)
+        f"re-scored {counted(totals.leads, 'lead')} ({counted(totals.events, 'event')}) in {seconds:.1f} s{rate}: "
+        f"{totals.changed} changed, {counted(totals.stage_moves, 'stage move')}" + "".join(f", {extra}" for extra in extras)
     )
 
 
@@ -96,9 +94,10 @@ def _rebuild(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix=".mailer-dry-run-", dir=config.store.parent) as folder:
         copy = Path(folder) / config.store.name
         _copy_store(config.store, copy)
+        before = _stages(copy)  # the copy's, not the live store's: a running daemon moves leads meanwhile
         line = asyncio.run(run(dataclasses.replace(config, store=copy)))
         print("dry run, nothing changed: would have " + line.removeprefix("re-"))
-        for row in stage_moves(_stages(config.store), _stages(copy)):
+        for row in stage_moves(before, _stages(copy)):
             print(row)
     return 0
 
@@ -133,7 +132,7 @@ def stage_moves(before: dict[int, tuple[str, str]], after: dict[int, tuple[str, 
     lines = []
     for (was, stage), emails in sorted(moves.items(), key=lambda item: (-len(item[1]), item[0])):
         shown = ", ".join(sorted(emails)[:SHOWN_MOVES]) + (", …" if len(emails) > SHOWN_MOVES else "")
-        lines.append(f"  {was} → {stage}: {_count(len(emails), 'lead')} ({shown})")
+        lines.append(f"  {was} → {stage}: {counted(len(emails), 'lead')} ({shown})")
     return lines or ["  no lead would change stage"]
 
 

@@ -154,7 +154,8 @@ class BounceTables(StoreTables):
     async def undo_bounce(self, bounce_id: int, *, now: datetime) -> BounceRecord | None:
         """Reverse a bounce (an operator's correction), keeping the evidence.
 
-        Its suppression is lifted; it stops counting toward soft-bounce escalation and in the
+        Its suppression is lifted, unless another live bounce suppresses the address too (the
+        suppression then rests on that one); it stops counting toward soft-bounce escalation and in the
         lead's score (its events are marked undone and the lead is queued for re-scoring);
         a message it moved from sent to bounced is sent again, unless another live bounce
         holds it. A bounce undone already is returned as it is, its undone_at unchanged.
@@ -165,7 +166,17 @@ class BounceTables(StoreTables):
         stamp = ms(now)
         async with self.transaction():
             await self.db.execute("UPDATE bounces SET undone_at = ? WHERE id = ?", (stamp, bounce_id))
-            await self.db.execute("DELETE FROM suppressions WHERE bounce_id = ?", (bounce_id,))
+            lifted = await self.db.execute("DELETE FROM suppressions WHERE bounce_id = ?", (bounce_id,))
+            if lifted.rowcount:
+                # the address's suppression rested on this bounce: another live bounce that
+                # suppresses it (a second hard bounce, a complaint) keeps it suppressed
+                await self.db.execute(
+                    "INSERT OR IGNORE INTO suppressions (email, list, reason, detail, created_at, bounce_id) "
+                    "SELECT email, '', suppression, substr(reason || ': ' || coalesce(diagnostic, ''), 1, 500), at, id "
+                    "FROM bounces WHERE email = ? AND id != ? AND undone_at IS NULL AND suppression IS NOT NULL "
+                    "ORDER BY at DESC, id DESC LIMIT 1",
+                    (found.email, bounce_id),
+                )
             await self.db.execute(
                 "INSERT INTO events (at, type, lead_id, data) VALUES (?, 'unsuppressed', ?, ?)",
                 (stamp, found.lead_id, json.dumps({"bounce": bounce_id, "reason": found.reason})),

@@ -431,3 +431,16 @@ def test_undo_twice_list_any_case_and_undo_of_a_record(
     assert main(["bounces", "undo", "STRANGER@x.example"]) == 0
     assert "no bounce suppressed stranger@x.example" in capsys.readouterr().out
     assert main(["bounces", "undo", "99"]) == 2
+
+
+async def test_undoing_one_of_two_hard_bounces_keeps_the_address_suppressed_by_the_other(store: SQLiteStore) -> None:
+    """Two live hard bounces: undoing either leaves the address suppressed, resting on the other; undoing both lifts it."""
+    [message] = await sent(store, WALK)
+    again = (WALK, "failed", "5.1.1", "550 5.1.1 no such mailbox here")  # another report, from another MTA
+    [one] = await take(store, dsn(unknown(WALK), message_id=message_id_of(store, message)), hours=1)
+    [two] = await take(store, dsn(again, message_id=message_id_of(store, message)), hours=2)
+    assert one.id is not None and two.id is not None
+    await store.undo_bounce(one.id, now=T0 + timedelta(hours=3))  # the suppression rested on the first
+    assert rows(store, "SELECT reason, bounce_id FROM suppressions WHERE email = ?", (WALK,)) == [("hard-bounce", two.id)]
+    await store.undo_bounce(two.id, now=T0 + timedelta(hours=4))
+    assert await store.suppressions_of(WALK) == []

@@ -48,6 +48,7 @@ def test_addresses_and_networks_are_accepted_and_normalized(entry: str, network:
         ("10.0.0.1/24", "'10.0.0.1/24' has bits set beyond its prefix: the network is 10.0.0.0/24, the address alone is 10.0.0.1"),
         ("0.0.0.0/0", "'0.0.0.0/0' is every address: any visitor could then choose the address recorded"),
         ("::/0", "'::/0' is every address: any visitor could then choose the address recorded"),
+        ("::ffff:0:0/96", "'::ffff:0:0/96' is every address: any visitor could then choose the address recorded"),
     ],
 )
 def test_bad_entries_say_what_is_wrong(entry: str, problem: str) -> None:
