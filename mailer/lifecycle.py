@@ -43,6 +43,10 @@ TRANSITIONS: dict[MessageState, frozenset[MessageState]] = {
 }
 
 TERMINAL: frozenset[MessageState] = frozenset(s for s, nexts in TRANSITIONS.items() if not nexts)
+# Not the delivery's own moves but an operator's correction: `mailer bounces undo` gives a
+# message that a mistaken bounce marked bounced back its sent state (the delivery happened;
+# mailer.sqlitebounces.undo_bounce). Kept apart so that bounced stays terminal for delivery.
+CORRECTIONS: frozenset[tuple[MessageState, MessageState]] = frozenset({(S.BOUNCED, S.SENT)})
 # States from which a message may be claimed for an attempt.
 CLAIMABLE: frozenset[MessageState] = frozenset({S.QUEUED, S.DEFERRED})
 

@@ -12,7 +12,7 @@ from datetime import datetime
 from typing import Any
 
 
-from mailer.lifecycle import MessageState
+from mailer.lifecycle import CORRECTIONS, MessageState
 from mailer.store import BounceRecord, MessageRef, Suppression
 from mailer.timestamps import from_ms, ms
 from mailer.sqlitescoring import QUEUE_LEAD
@@ -184,6 +184,7 @@ class BounceTables(StoreTables):
             if found.lead_id is not None:
                 await self._undo_bounce_events(found, stamp)
             if found.message is not None and found.source != "smtp":
+                assert (MessageState.BOUNCED, MessageState.SENT) in CORRECTIONS  # mailer.lifecycle
                 await self.db.execute(
                     "UPDATE messages SET state = 'sent', updated_at = ? WHERE id = ? AND state = 'bounced' "
                     "AND NOT EXISTS (SELECT 1 FROM bounces WHERE message_id = ? AND undone_at IS NULL "
