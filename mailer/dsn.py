@@ -76,6 +76,21 @@ _STATUS = re.compile(r"(?<![\d.])([245])\.(\d{1,3})\.(\d{1,3})(?![\d]|\.\d)")
 # "SMTP;", an error label or a colon, and followed by a space, hyphen or end.
 _REPLY_CODE = re.compile(r"(?:^|[\s:;(\[\"'=])([245][0-5]\d)(?=[\s\-]|$)")
 # RFC 3464 2.2 / 2.3: the first field of the per-message and the per-recipient groups
+# A warning that delivery is late, not that it failed, in a report with no RFC 3464 Action to
+# say so: Sendmail's "Warning: could not send message for past 4 hours" / "THIS IS A WARNING
+# MESSAGE ONLY", Exim's "Warning: message … delayed 24 hours" / "has not yet been delivered",
+# Gmail's and Zoho's "Delivery Status Notification (Delay)", Postfix's "Delayed Mail (still
+# being retried)". The remote MTA is still trying: read as Action: delayed (mailer.bouncepolicy).
+DELAY_SUBJECT = re.compile(
+    r"^\s*(?:warning:\s*(?:could not send message for past|message \S+ delayed)|delayed mail\b"
+    r"|(?:mail )?delivery status notification \(delay\))",
+    re.IGNORECASE,
+)
+DELAY_BODY = re.compile(
+    r"this is a warning (?:message )?only|you do not need to resend your message"
+    r"|has not yet been delivered to one or more of its\s+recipients",
+    re.IGNORECASE,
+)
 _INLINE_DSN = re.compile(r"^(?:reporting-mta|final-recipient)[ \t]*:", re.IGNORECASE | re.MULTILINE)
 _FIELD = re.compile(r"^([A-Za-z][A-Za-z0-9\-]*)[ \t]*:[ \t]*(.*)$")
 _RECIPIENT_FIELDS = frozenset({"final-recipient", "original-recipient"})
@@ -284,11 +299,12 @@ def _plain(message: Message, parts: list[Message], body: str, fmt: lhost.MTAForm
         return None
     whole = " ".join(region.split())
     apart = lhost.error_text(fmt, region) if fmt else None
+    action = "delayed" if DELAY_SUBJECT.search(header(message, "Subject")) or DELAY_BODY.search(body[:4000]) else "failed"
     recipients = []
     for item in found:
         diagnostic = apart or (item.diagnostic if len(item.diagnostic) >= 12 else whole)
         decided = lhost.table_reason(fmt, message, diagnostic, region, header(message, "Subject")) if fmt else None
-        recipients.append(_recipient(item.address, status=None, diagnostic=diagnostic, action="failed", remote_mta="", decided=decided))
+        recipients.append(_recipient(item.address, status=None, diagnostic=diagnostic, action=action, remote_mta="", decided=decided))
     mid, path = original(parts, body)
     return BounceReport("bounce", tuple(recipients), "text", mid, path, None)
 

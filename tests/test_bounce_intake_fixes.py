@@ -444,3 +444,27 @@ async def test_undoing_one_of_two_hard_bounces_keeps_the_address_suppressed_by_t
     assert rows(store, "SELECT reason, bounce_id FROM suppressions WHERE email = ?", (WALK,)) == [("hard-bounce", two.id)]
     await store.undo_bounce(two.id, now=T0 + timedelta(hours=4))
     assert await store.suppressions_of(WALK) == []
+
+
+@pytest.mark.parametrize(
+    ("subject", "body"),
+    [
+        ("Warning: message 1rX9-000Abc-7Q delayed 24 hours",
+         "A message that you sent has not yet been delivered to one or more of its\nrecipients after more than 24 hours on the queue on mx.example.\n"),
+        ("Warning: could not send message for past 4 hours",
+         "    **      THIS IS A WARNING MESSAGE ONLY      **\n    **  YOU DO NOT NEED TO RESEND YOUR MESSAGE  **\n"),
+        ("Delivery Status Notification (Delay)", "THIS IS A WARNING MESSAGE ONLY.\n"),
+    ],
+)
+async def test_a_plain_text_delay_warning_is_recorded_and_leaves_the_message_sent(store: SQLiteStore, subject: str, body: str) -> None:
+    """A warning with no RFC 3464 fields (Exim, old Sendmail, Gmail) says the remote MTA is still trying: recorded, never a bounce."""
+    [message] = await sent(store, WALK)
+    raw = (
+        f"From: Mail Delivery System <MAILER-DAEMON@mx.example>\nTo: bounces@acme.example\nSubject: {subject}\n\n{body}\n"
+        f"  {WALK}\n    host mx.corp0.example [192.0.2.1]: 451 4.4.1 Connection timed out\n\n"
+        f"------ This is a copy of the message's headers. ------\n\nMessage-ID: {message_id_of(store, message)}\n"
+        f"To: {WALK}\nSubject: One for you\n"
+    ).encode()
+    records = await take(store, raw)
+    assert [(r.action, r.bounce_class) for r in records] == [("record", "none")]
+    assert state_of(store, message) == "sent"
