@@ -31,12 +31,9 @@ _OUTCOMES = ", ".join(f"'{kind}'" for kind in OUTCOME_EVENTS)
 # The part of an address after its last "@" (a quoted local part may hold one too):
 # rtrim strips every character but "@" from the right, leaving the local part and its "@".
 DOMAIN_OF_EMAIL = "substr({0}, length(rtrim({0}, replace({0}, '@', ''))) + 1)"
-# Whether an outcome event holds an SMTP reply: mailer.sqlitestore writes "command" with every
-# reply, a null "code" included (no reply came: the connection failed).
-_REPLY_COLUMNS = (
-    "json_type({0}, '$.command') IS NOT NULL, json_extract({0}, '$.code'), json_extract({0}, '$.enhanced'), "
-    "json_extract({0}, '$.text'), coalesce(json_extract({0}, '$.detail'), json_extract({0}, '$.owner'), '')"
-)
+# What of an outcome event's data differs from message to message without saying why it
+# waits: left out, so that `mailer queue` groups messages waiting for the same reason.
+_PER_MESSAGE = "'$.next_attempt_at', '$.host'"
 _FINAL = "('failed', 'expired')"
 # Messages a retry moves per transaction: about a tenth of a second of writing here, so the
 # daemon's own writes wait that long at most, not the whole retry of a large queue.
@@ -49,11 +46,18 @@ def _reply(code: int | None, enhanced: str | None, text: str | None) -> SMTPRepl
     return SMTPReply(code=code, text=text or "", enhanced=enhanced)
 
 
-def _outcome(kind: str | None, at: int | None, has_reply: Any, code: Any, enhanced: Any, text: Any, detail: Any) -> LastOutcome | None:
-    if kind is None or at is None:
+def _outcome(kind: str | None, at: int | None, data: str | None) -> LastOutcome | None:
+    """An outcome event as `mailer queue` reads it; one reading for the summary and the list."""
+    if kind is None or at is None or data is None:
         return None
-    reply = SMTPReply(code=code, text=text or "", enhanced=enhanced) if has_reply else None
-    return LastOutcome(type=kind, at=from_ms(at), reply=reply, detail=str(detail or ""))
+    facts = json.loads(data)
+    reply = None
+    if "command" in facts:  # mailer.sqlitestore writes it with every reply, a null "code" included
+        reply = SMTPReply(
+            code=facts.get("code"), text=facts.get("text") or "", enhanced=facts.get("enhanced"),
+            command=facts.get("command") or "", host=facts.get("host") or "",
+        )
+    return LastOutcome(type=kind, at=from_ms(at), reply=reply, detail=str(facts.get("detail") or facts.get("owner") or ""))
 
 
 def _like_domain(domain: str) -> str:
@@ -91,9 +95,9 @@ class QueueQueries(StoreTables):
                 FROM messages m JOIN leads l ON l.id = m.lead_id
                 WHERE m.state IN ('queued', 'deferred', 'sending'))
             SELECT w.domain, w.state, count(*), min(w.next_attempt_at), w.last_code, w.last_enhanced, w.last_text,
-                   e.type, max(e.at), {_REPLY_COLUMNS.format("e.data")}
+                   e.type, max(e.at), json_remove(e.data, {_PER_MESSAGE})
             FROM waiting w LEFT JOIN events e ON e.id = w.newest
-            GROUP BY w.domain, w.state, w.last_code, w.last_enhanced, w.last_text, e.type, 10, 11, 12, 13, 14
+            GROUP BY w.domain, w.state, w.last_code, w.last_enhanced, w.last_text, e.type, 10
             """
         )
         return [
@@ -103,7 +107,7 @@ class QueueQueries(StoreTables):
                 count=r[2],
                 next_attempt_at=from_ms(r[3]) if r[3] is not None else None,
                 last_reply=_reply(r[4], r[5], r[6]),
-                last_outcome=_outcome(*r[7:14]),
+                last_outcome=_outcome(r[7], r[8], r[9]),
             )
             for r in rows
         ]
@@ -159,15 +163,9 @@ class QueueQueries(StoreTables):
                 chunk,
             )
             for message, kind, at, data in rows:
-                facts = json.loads(data)
-                reply = None
-                if "command" in facts:
-                    reply = SMTPReply(
-                        code=facts.get("code"), text=facts.get("text") or "", enhanced=facts.get("enhanced"),
-                        command=facts.get("command") or "", host=facts.get("host") or "",
-                    )
-                detail = facts.get("detail") or facts.get("owner") or ""
-                found[message] = LastOutcome(type=kind, at=from_ms(at), reply=reply, detail=str(detail))
+                outcome = _outcome(kind, at, data)
+                if outcome is not None:
+                    found[message] = outcome
         return found
 
     async def retry_deferred(self, *, now: datetime, domain: str | None = None, scenario: str | None = None) -> int:
