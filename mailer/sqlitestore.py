@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Collection, Iterable, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -239,6 +239,18 @@ class SQLiteStore(
     async def list_names(self) -> list[str]:
         """The lists leads were imported or subscribed to."""
         return [str(row[0]) for row in await self._fetchall("SELECT name FROM lists ORDER BY name")]
+
+    async def attribute_names(self, wanted: Collection[str], *, first: int) -> set[str]:
+        """Which of `wanted` an attribute of any of the `first` leads (by id) is called."""
+        if not wanted:
+            return set()
+        marks = ",".join("?" * len(wanted))
+        rows = await self._fetchall(
+            f"SELECT DISTINCT j.key FROM (SELECT attributes FROM leads ORDER BY id LIMIT ?) AS l, "
+            f"json_each(l.attributes) AS j WHERE j.key IN ({marks})",
+            (first, *wanted),
+        )
+        return {str(row[0]) for row in rows}
 
     async def lead_count(self) -> int:
         rows = await self._fetchall("SELECT count(*) FROM leads")

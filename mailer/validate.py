@@ -168,20 +168,11 @@ def unknown_attributes(config: Config, rules: Sequence[RuleAt], sample: Sequence
 
 
 async def stored_attribute_names(config: Config, wanted: Collection[str]) -> tuple[set[str], bool]:
-    """The attribute names stored leads have, read until all of `wanted` are seen or MAX_SCANNED
-    leads are read, and whether every lead was read (or every wanted name found)."""
-    seen: set[str] = set()
-    read, after = 0, 0
+    """Which of `wanted` the stored leads have as attributes (among the first MAX_SCANNED), and
+    whether that answer covers every lead."""
     async with open_store(config) as store:
-        while not set(wanted) <= seen:
-            page = await store.leads_by_stage(None, limit=1000, after_id=after)
-            if not page:
-                break
-            if read >= MAX_SCANNED:
-                return seen, False  # more leads than were read
-            seen.update(name for lead in page for name in lead.attributes)
-            read, after = read + len(page), page[-1].id or 0
-    return seen, True
+        seen = await store.attribute_names(wanted, first=MAX_SCANNED)
+        return seen, seen >= set(wanted) or await store.lead_count() <= MAX_SCANNED
 
 
 def _load(config: Config, path: Path | None) -> tuple[list[Scenario], list[UserError]]:

@@ -119,3 +119,16 @@ def test_exit_goals_entry_rules_and_their_dynamic_lists_are_checked(tmp_path: Pa
     assert "main.yaml: entry.where tests 'contry'" in where and "did you mean 'country'?" in where
     assert "lists.yaml: lists.hot.where tests 'compnay'" in listed and "did you mean 'company'?" in listed
     assert "main.yaml: exit_when tests 'scroe'" in goal and "did you mean 'score'?" in goal
+
+
+def test_the_store_says_which_attribute_names_its_first_leads_have(tmp_path: Path) -> None:
+    """`attribute_names` answers among the wanted names only, and only from the first `first` leads by id."""
+    store_leads(tmp_path, [Lead(email="a@example.com", attributes={"industry": "retail"}),
+                           Lead(email="b@example.com", attributes={"plan": "pro", "industry": "saas"})])
+
+    async def names(first: int) -> set[str]:
+        async with SQLiteStore(tmp_path / "mailer.db") as store:
+            return await store.attribute_names(["industry", "plan", "scroe"], first=first)
+
+    assert asyncio.run(names(10)) == {"industry", "plan"}
+    assert asyncio.run(names(1)) == {"industry"}
