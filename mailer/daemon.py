@@ -93,7 +93,7 @@ FINAL_FLUSH_ATTEMPTS = 10
 # for every message (MAIL is not here: a refused sender may be one identity's)
 RELAY_SESSION = SESSION_COMMANDS - {"MAIL"}
 BUILD_RETRY = timedelta(seconds=30)  # a message whose build process died comes back after this
-TEMPLATE_ERROR_LOG_EVERY = timedelta(minutes=15)  # one log line per broken template (or refused session) and this long
+SAY_AGAIN_AFTER = timedelta(minutes=15)  # one log line per broken template, or refused session, and this long
 BUILDS_IN_FLIGHT = 4 * BATCH  # extra workers per build process: jobs queued for it while it builds
 SIDE_RETRY_SECONDS = 5.0  # real time before starting the API or webhook sender again, doubling …
 SIDE_RETRY_MAX_SECONDS = 300.0  # … up to this (a port another process holds may come free)
@@ -177,8 +177,8 @@ class Daemon:
         self._in_flight = 0
         self._slow: set[asyncio.Future[None]] = set()  # attempts a worker stopped waiting for
         self._pending: list[Outcome] = []
-        self._template_errors = OnceEvery(TEMPLATE_ERROR_LOG_EVERY)
-        self._session_failures = OnceEvery(TEMPLATE_ERROR_LOG_EVERY)
+        self._template_errors = OnceEvery(SAY_AGAIN_AFTER)
+        self._session_failures = OnceEvery(SAY_AGAIN_AFTER)
         self._wake = asyncio.Event()
         self._flush_stop = asyncio.Event()
         self.listener: BounceListener | None = None
