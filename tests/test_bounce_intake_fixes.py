@@ -128,6 +128,13 @@ async def take(store: SQLiteStore, raw: bytes, report: IntakeReport | None = Non
     )
 
 
+def cli_workspace(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A workspace the `mailer` commands run in, as the current folder."""
+    write_workspace(root)
+    (root / "mailer.toml").write_text('[identities.default]\nfrom = "Acme <news@acme.example>"\n')
+    monkeypatch.chdir(root)
+
+
 def message_id_of(store: SQLiteStore, message: int) -> str:
     return str(rows(store, "SELECT message_id FROM messages WHERE id = ?", (message,))[0][0])
 
@@ -207,9 +214,7 @@ def test_ingesting_a_maildir_twice_reports_already_seen_and_leaves_the_files(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """`mailer bounces ingest MAILDIR` run again says "already seen", and the maildir's files stay where they were."""
-    write_workspace(tmp_path)
-    (tmp_path / "mailer.toml").write_text('[identities.default]\nfrom = "Acme <news@acme.example>"\n')
-    monkeypatch.chdir(tmp_path)
+    cli_workspace(tmp_path, monkeypatch)
 
     async def seed() -> str:
         async with SQLiteStore(tmp_path / "mailer.db") as store:
@@ -407,9 +412,7 @@ def test_undo_twice_list_any_case_and_undo_of_a_record(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """A second undo says when it was undone (exit 0); undoing a record says it suppressed nobody; list accepts any case."""
-    write_workspace(tmp_path)
-    (tmp_path / "mailer.toml").write_text('[identities.default]\nfrom = "Acme <news@acme.example>"\n')
-    monkeypatch.chdir(tmp_path)
+    cli_workspace(tmp_path, monkeypatch)
 
     async def seed() -> None:
         async with SQLiteStore(tmp_path / "mailer.db") as store:
