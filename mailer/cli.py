@@ -24,6 +24,7 @@ from mailer.clock import AcceleratedClock, Clock, SystemClock
 from mailer.config import CONFIG_NAME, STARTER_CONFIG, Config, load_config
 from mailer.consent import REASONS
 from mailer.errors import ConfigError, MailerError, UserError
+from mailer.csvimport import lookup_email
 from mailer.store import BounceRecord
 from mailer.wording import counted
 
@@ -418,18 +419,6 @@ def _bounces_ingest(args: argparse.Namespace) -> int:
     return 0
 
 
-def _bounce_address(text: str) -> str:
-    """An address as bounces are stored under it: normalised as `leads show` does, any case."""
-    from email_validator import EmailNotValidError
-
-    from mailer.csvimport import normalize_email
-
-    try:
-        return normalize_email(text)
-    except EmailNotValidError:
-        return text.strip().lower()  # a report may name a broken address; it is stored as it came
-
-
 def _bounce_line(record: BounceRecord) -> str:
     undone = " (undone)" if record.undone_at else ""
     code = " ".join(str(x) for x in (record.reply_code, record.status) if x)
@@ -445,7 +434,7 @@ def _bounces_list(args: argparse.Namespace) -> int:
 
     config = load(args, required=True)
 
-    email = _bounce_address(args.email) if args.email else None
+    email = lookup_email(args.email) if args.email else None
 
     async def run() -> list[BounceRecord]:
         async with open_store(config) as store:
@@ -496,7 +485,7 @@ def _bounces_undo(args: argparse.Namespace) -> int:
                     raise UserError(f"no bounce #{args.target}", field="target", hint="see `mailer bounces list`")
                 targets = [found]
             else:
-                email = _bounce_address(args.target)
+                email = lookup_email(args.target)
                 found_all = await store.bounces(email=email, limit=10_000)
                 if not found_all:
                     raise UserError(f"no bounces for {email}", field="target", hint="see `mailer bounces list`")

@@ -89,6 +89,15 @@ def normalize_email(address: str, *, check_deliverability: bool = False) -> str:
     return _normalize_email(address, verdicts={} if check_deliverability else None)
 
 
+def lookup_email(address: str) -> str:
+    """An address to look up as stored: normalised as imports store it, or, when it is not a
+    valid address (a bounce may name a broken one, stored as it came), trimmed and lower-cased."""
+    try:
+        return normalize_email(address)
+    except EmailNotValidError:
+        return address.strip().lower()
+
+
 def _normalize_email(address: str, *, verdicts: dict[str, str | None] | None) -> str:
     """Normalize `address`; with `verdicts`, check deliverability once per domain.
 

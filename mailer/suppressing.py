@@ -19,7 +19,7 @@ from pathlib import Path
 from email_validator import EmailNotValidError
 
 from mailer.config import Config
-from mailer.csvimport import normalize_email
+from mailer.csvimport import lookup_email, normalize_email
 from mailer.errors import UserError
 from mailer.scenario import load_scenarios
 from mailer.store import Suppression, open_store
@@ -85,9 +85,10 @@ async def add(config: Config, *, emails: Sequence[str], list_name: str, reason: 
 
 async def remove(config: Config, *, email: str, list_name: str) -> int:
     """Lift one suppression; an address that has none there is a user error."""
+    address = lookup_email(email)  # as `suppress add` stored it
     async with open_store(config) as store:
-        lifted = await store.unsuppress(email, list_name=list_name, now=_now())
-        others = await store.suppressions_of(email.strip().lower()) if lifted is None else []
+        lifted = await store.unsuppress(address, list_name=list_name, now=_now())
+        others = await store.suppressions_of(address) if lifted is None else []
     if lifted is None:
         raise UserError(
             f"{email} is not suppressed for {scope_name(list_name)}", field="EMAIL",
@@ -118,12 +119,7 @@ async def show(
     """The newest suppressions matching the filters; says so on stderr when more match than are shown."""
     if limit < 1:
         raise UserError(f"{limit} is not a number of rows to show", field="--limit", hint="`mailer suppress export` writes them all")
-    address = None
-    if email is not None:
-        try:
-            address = normalize_email(email)  # as `suppress add` and `leads import` store it
-        except EmailNotValidError:
-            address = email.strip().lower()  # a bounce may have suppressed a broken address as it came
+    address = lookup_email(email) if email is not None else None
     async with open_store(config) as store:
         found = await store.list_suppressions(reason=reason, list_name=list_name, email=address, limit=limit)
         total = len(found)

@@ -373,3 +373,11 @@ def test_normalize_email_is_idempotent(address: str) -> None:
     except EmailNotValidError:
         return
     assert normalize_email(normalized) == normalized
+
+
+def test_an_address_is_looked_up_as_it_was_stored() -> None:
+    """A valid address is normalised as imports store it; a broken one (as a bounce may name it) is trimmed and lower-cased."""
+    from mailer.csvimport import lookup_email
+
+    assert lookup_email(" Ann@Example.COM ") == lookup_email("ann@example.com") == "ann@example.com"
+    assert lookup_email(" Broken@@Example.com ") == "broken@@example.com"
