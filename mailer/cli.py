@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from mailer import apishell, leadsshell, queueshell, scoresshell
-from mailer.argtypes import positive
+from mailer.argtypes import LARGEST, positive
 from mailer.clock import AcceleratedClock, Clock, SystemClock
 from mailer.config import CONFIG_NAME, STARTER_CONFIG, Config, load_config
 from mailer.consent import REASONS
@@ -29,7 +29,6 @@ from mailer.store import BounceRecord
 from mailer.wording import counted
 
 EXIT_USER_ERROR = 2
-MAX_ROW_ID_DIGITS = 18  # a row id fits SQLite's signed 64-bit INTEGER; a longer number is no row
 # What a shell reports for a command ended by SIGPIPE (128 + 13), as for `yes | head`.
 EXIT_BROKEN_PIPE = 128 + 13
 
@@ -478,9 +477,8 @@ def _bounces_undo(args: argparse.Namespace) -> int:
         and each address's suppressions afterwards."""
         async with open_store(config) as store:
             if args.target.isdigit():
-                if len(args.target) > MAX_ROW_ID_DIGITS:
-                    raise UserError(f"no bounce #{args.target}", field="target", hint="see `mailer bounces list`")
-                found = await store.bounce(int(args.target))
+                number = int(args.target)
+                found = await store.bounce(number) if number <= LARGEST else None  # past SQLite's INTEGER: no row
                 if found is None:
                     raise UserError(f"no bounce #{args.target}", field="target", hint="see `mailer bounces list`")
                 targets = [found]
