@@ -167,8 +167,6 @@ def delivery_lines(delivery: WebhookDelivery, attempts: list[Attempt]) -> list[s
 def _webhooks_log(args: argparse.Namespace) -> int:
     from mailer.cli import load
 
-    if args.limit < 1:
-        raise UserError("must be at least 1", field="--limit")
     config = load(args, required=True)
 
     async def run() -> list[tuple[WebhookDelivery, list[Attempt]]]:

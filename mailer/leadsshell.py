@@ -360,8 +360,6 @@ def _list(args: argparse.Namespace) -> int:
         stage = canonical_stage(args.stage)
         if stage is None:
             raise UserError(f"no stage {args.stage!r}", field="--stage", hint="stages: " + ", ".join(STAGES))
-    if args.limit < 1:
-        raise UserError("must be at least 1", field="--limit")
     config = load(args, required=True)
 
     async def run() -> list[Lead]:

@@ -316,8 +316,6 @@ def _list(args: argparse.Namespace) -> int:
 
     states = parse_states(args.state)
     domain = parse_domain(args.domain)
-    if args.limit < 1:
-        raise UserError("must be at least 1", field="--limit")
     config = load(args, required=True)
     now = make_clock(config).now()
 

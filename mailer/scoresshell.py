@@ -139,8 +139,6 @@ def stage_moves(before: dict[int, tuple[str, str]], after: dict[int, tuple[str, 
 def _accounts(args: argparse.Namespace) -> int:
     from mailer.cli import load
 
-    if args.limit < 1:
-        raise UserError("must be at least 1", field="--limit")
     config = load(args, required=True)
 
     async def run() -> list[tuple[str, int, str]]:

@@ -117,8 +117,6 @@ async def show(
     config: Config, *, reason: str | None, list_name: str | None, email: str | None = None, limit: int
 ) -> int:
     """The newest suppressions matching the filters; says so on stderr when more match than are shown."""
-    if limit < 1:
-        raise UserError(f"{limit} is not a number of rows to show", field="--limit", hint="`mailer suppress export` writes them all")
     address = lookup_email(email) if email is not None else None
     async with open_store(config) as store:
         found = await store.list_suppressions(reason=reason, list_name=list_name, email=address, limit=limit)
